@@ -1,0 +1,1 @@
+"""Generated from protos/backend.proto by `nox -s protos`; do not edit."""
