@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# One image recipe for every localfleet backend; pick the backend with --build-arg BACKEND=<name>
+# (a folder under services/ and an optional-dependency group of the same name in pyproject.toml).
+#
+#   scripts/build-wheelhouse.sh local-store          # wheels for the image's Python, on the host
+#   docker build --build-arg BACKEND=local-store -t localfleet/local-store:dev .
+#
+# Build args:
+#   BASE_IMAGE  any Debian-like image with python3 (>= 3.11) and its venv module. The default is the
+#               official slim image; offline machines use scripts/build-base-image.sh
+#               (debootstrap + docker import, no registry), GPU builds a CUDA/ROCm/oneAPI base.
+#   BACKEND     which backend the image serves (default local-store).
+#   BUILD_TYPE  cpu (default) | cublas12 | hipblas | intel | vulkan: the accelerator flavour, as
+#               LocalAI names it. cublas12 adds the `nvidia` group (GPU memory in Status); backends
+#               with native engines read it to choose their wheels. local-store is the same on all.
+# Packages come from build/wheelhouse/ with --no-index when it holds wheels (scripts/
+# build-wheelhouse.sh), so the build needs no package index; without a wheelhouse pip uses the index.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ARG BACKEND=local-store
+ARG BUILD_TYPE=cpu
+COPY . /src
+# The venv lives beside run.sh under /opt/localfleet: the same layout run.sh looks for in a
+# LocalAI backend folder, so the image starts exactly the way LocalAI starts the backend.
+RUN set -eu; \
+    case "$BUILD_TYPE" in \
+        cpu|hipblas|intel|vulkan) extras="$BACKEND" ;; \
+        cublas12) extras="$BACKEND,nvidia" ;; \
+        *) echo "BUILD_TYPE=$BUILD_TYPE: expected cpu, cublas12, hipblas, intel or vulkan" >&2; exit 1 ;; \
+    esac; \
+    test -x "/src/services/$BACKEND/run.sh" || { echo "no services/$BACKEND/run.sh" >&2; exit 1; }; \
+    index=""; \
+    if ls /src/build/wheelhouse/*.whl >/dev/null 2>&1; then index="--no-index"; fi; \
+    python3 -m venv /opt/localfleet/.venv; \
+    /opt/localfleet/.venv/bin/pip install --no-cache-dir --disable-pip-version-check $index \
+        --find-links /src/build/wheelhouse "/src[$extras]"; \
+    cp "/src/services/$BACKEND/run.sh" /opt/localfleet/run.sh; \
+    printf '%s\n' "$BACKEND" > /opt/localfleet/BACKEND; \
+    printf '%s\n' "$BUILD_TYPE" > /opt/localfleet/BUILD_TYPE
+
+FROM ${BASE_IMAGE}
+ARG BACKEND=local-store
+ARG BUILD_TYPE=cpu
+LABEL org.opencontainers.image.title="localfleet-${BACKEND}" \
+      org.opencontainers.image.description="localfleet ${BACKEND} backend for LocalAI (gRPC)" \
+      org.opencontainers.image.licenses="MIT" \
+      io.localfleet.backend="${BACKEND}" \
+      io.localfleet.build-type="${BUILD_TYPE}"
+# A fixed uid/gid so Kubernetes (runAsUser, fsGroup) and volume owners can name it.
+RUN groupadd --system --gid 10001 localfleet \
+    && useradd --system --uid 10001 --gid 10001 --no-log-init --no-create-home \
+        --home-dir /var/lib/localfleet --shell /usr/sbin/nologin localfleet \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/localfleet
+COPY --from=build /opt/localfleet /opt/localfleet
+ENV PATH=/opt/localfleet/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    LOCALFLEET_STORE_DIR=/var/lib/localfleet
+VOLUME ["/var/lib/localfleet"]
+WORKDIR /opt/localfleet
+USER 10001:10001
+# 50051 is the gRPC port (LocalAI Backend service and grpc.health.v1 on the same port).
+EXPOSE 50051
+# grpc.health.v1 Check over loopback; no auth token is needed for health.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["localfleet", "call", "127.0.0.1:50051", "ready"]
+ENTRYPOINT ["/opt/localfleet/run.sh", "--addr", "0.0.0.0:50051"]
