@@ -1,0 +1,178 @@
+"""local-store: LocalAI's vector store (the stores API) as a thin servicer over the numpy engine.
+
+Core starts one process per store namespace and loads it as `store://<name>`; stores requests carry no
+model name, so this process serves one namespace at a time. Each namespace is kept apart: switching
+to another and back finds the first intact, and Free never drops acknowledged data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from localfleet.backend import Backend, ModelRef
+from localfleet.call import Call
+from localfleet.errors import BadInput
+from localfleet.options import BackendOptions
+from localfleet.proto import backend_pb2 as pb
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from localfleet_local_store.engine import VectorStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "store://"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Sync = Literal["always", "os"]
+
+
+class StoreSettings(BaseSettings):
+    """Process-wide store settings (env), read when the backend starts."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALFLEET_STORE_", extra="ignore")
+
+    dir: str | None = Field(None, description="persist every store under DIR/<name>; memory only when unset")
+    sync: Sync = Field("always", description="always: fsync before acknowledging; os: write to the OS only")
+
+
+class StoreOptions(BackendOptions):
+    """Per-store LoadModel options (a store's `options:` in its model YAML)."""
+
+    store_dir: str | None = None
+    sync: Sync | None = None
+
+
+class LocalStore(Backend):
+    name = "local-store"
+    Options = StoreOptions
+    # Operations are short and the engine serialises writers itself; a few at once keeps readers moving.
+    default_concurrency = 4
+
+    def __init__(self) -> None:
+        self.settings = StoreSettings()
+        self._stores: dict[str, VectorStore] = {}
+        self._persistent: dict[str, bool] = {}
+        self._current: str | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def refuse(self, model: ModelRef) -> str | None:
+        if not model.name.startswith(PREFIX):
+            return f"it serves only stores, named {PREFIX}<name> (core adds the prefix for the stores API)"
+        if not _NAME.match(model.name[len(PREFIX):]):
+            return "a store name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        return None
+
+    def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
+        from localfleet_local_store.engine import VectorStore  # numpy: imported with the first store
+
+        assert isinstance(options, StoreOptions)
+        namespace = model.name[len(PREFIX):]
+        with self._lock:
+            store = self._stores.get(namespace)
+            if store is None:
+                root = options.store_dir or self.settings.dir
+                directory = Path(root) / namespace if root else None
+                store = VectorStore.open(directory, options.sync or self.settings.sync)
+                self._stores[namespace] = store
+                self._persistent[namespace] = directory is not None
+                where = f"persisted in {directory}" if directory else "in memory only (set LOCALFLEET_STORE_DIR)"
+            else:
+                where = "kept from before"
+            self._current = namespace
+        return f"store {namespace!r}: {len(store)} keys, {where}"
+
+    def unload(self) -> str:
+        """Persistent stores are flushed and dropped from memory; memory-only stores must stay in memory."""
+        with self._lock:
+            namespace, self._current = self._current, None
+            if namespace is None:
+                return "no store loaded"
+            if self._persistent[namespace]:
+                self._stores.pop(namespace).close()
+                del self._persistent[namespace]
+                return f"store {namespace!r} flushed to disk and released"
+            return (f"store {namespace!r} kept in memory: it has no store_dir, so releasing it would lose "
+                    "its data")
+
+    def close(self) -> None:
+        with self._lock:
+            for namespace, store in self._stores.items():
+                if self._persistent[namespace]:
+                    store.close()
+                elif len(store):
+                    log.warning("memory-only store %r loses its %d keys at exit; set LOCALFLEET_STORE_DIR to "
+                                "keep them", namespace, len(store))
+            self._stores.clear()
+            self._persistent.clear()
+            self._current = None
+
+    def memory(self) -> dict[str, int]:
+        with self._lock:
+            return {"stores": sum(store.nbytes() for store in self._stores.values())}
+
+    def _store(self) -> VectorStore:
+        with self._lock:
+            assert self._current is not None  # the runtime admits requests only while a store is loaded
+            return self._stores[self._current]
+
+    # -- the stores API ------------------------------------------------------------------------
+    async def StoresSet(self, request: pb.StoresSetOptions, call: Call) -> pb.Result:
+        if len(request.Keys) != len(request.Values):
+            raise BadInput(f"StoresSet got {len(request.Keys)} keys but {len(request.Values)} values; "
+                           "send one value per key")
+        keys = _keys("StoresSet", request.Keys)
+        values = [v.Bytes for v in request.Values]
+        await call.run(self._store().set, keys, values)
+        return pb.Result(success=True, message=f"stored {len(values)} keys")
+
+    async def StoresGet(self, request: pb.StoresGetOptions, call: Call) -> pb.StoresGetResult:
+        found, values = await call.run(self._store().get, _keys("StoresGet", request.Keys))
+        return pb.StoresGetResult(Keys=_to_proto(found), Values=[pb.StoresValue(Bytes=v) for v in values])
+
+    async def StoresDelete(self, request: pb.StoresDeleteOptions, call: Call) -> pb.Result:
+        removed = await call.run(self._store().delete, _keys("StoresDelete", request.Keys))
+        return pb.Result(success=True, message=f"deleted {removed} keys")
+
+    async def StoresFind(self, request: pb.StoresFindOptions, call: Call) -> pb.StoresFindResult:
+        if request.TopK < 1:
+            raise BadInput(f"StoresFind TopK must be at least 1, got {request.TopK}")
+        query = _keys("StoresFind", [request.Key])[0]
+        found, values, similarities = await call.run(self._store().find, query, request.TopK)
+        return pb.StoresFindResult(
+            Keys=_to_proto(found),
+            Values=[pb.StoresValue(Bytes=v) for v in values],
+            Similarities=similarities.tolist(),
+        )
+
+
+def _keys(rpc: str, keys: Any) -> np.ndarray:
+    """(n, d) float32 from protobuf keys, checking there are some and that they agree on a dimension."""
+    import numpy as np
+
+    if not keys:
+        raise BadInput(f"{rpc} needs at least one key")
+    dim = len(keys[0].Floats)
+    if dim == 0:
+        raise BadInput(f"{rpc}: a key has no floats; keys are non-empty float vectors")
+    for index, key in enumerate(keys):
+        if len(key.Floats) != dim:
+            raise BadInput(f"{rpc}: key {index} has dimension {len(key.Floats)} but key 0 has {dim}; all keys in "
+                           "a request must have the same dimension")
+    flat = np.fromiter(itertools.chain.from_iterable(k.Floats for k in keys), dtype=np.float32,
+                       count=len(keys) * dim)
+    return flat.reshape(len(keys), dim)
+
+
+def _to_proto(keys: np.ndarray) -> list[pb.StoresKey]:
+    return [pb.StoresKey(Floats=row) for row in keys.tolist()]

@@ -1,0 +1,72 @@
+"""What a backend implements: a thin servicer over its engine. Everything else is the runtime's.
+
+A backend subclasses `Backend`, names itself, declares its typed `Options`, implements `load`/`unload`
+(blocking; the runtime runs them in a worker thread), and defines async methods named after the RPCs it
+serves (`async def StoresFind(self, request, call) -> StoresFindResult`; streaming RPCs are async
+generators). Any RPC it does not define answers UNIMPLEMENTED, naming the backend and what it serves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel
+
+from localfleet.options import NoOptions
+
+if TYPE_CHECKING:
+    from localfleet.proto import backend_pb2 as pb
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model LoadModel asked for, resolved by the runtime's rule."""
+
+    name: str  # `Model` as the user wrote it: the identity later requests are checked against
+    path: str  # `ModelFile` when that file exists, else `Model`
+    model_dir: str  # `ModelPath`, the models directory ("" when not sent)
+
+    @classmethod
+    def from_request(cls, request: pb.ModelOptions) -> ModelRef:
+        use_file = bool(request.ModelFile) and os.path.exists(request.ModelFile)
+        return cls(
+            name=request.Model,
+            path=request.ModelFile if use_file else request.Model,
+            model_dir=request.ModelPath,
+        )
+
+
+class Backend:
+    """Base class of every backend's servicer."""
+
+    #: the name users and core know it by (`localfleet serve <name>`, backends-index.yaml)
+    name: ClassVar[str] = ""
+    #: typed LoadModel options; unknown keys and wrong types fail LoadModel with a clear message
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    #: requests one loaded model runs at once unless LOCALFLEET_CONCURRENCY says otherwise
+    default_concurrency: ClassVar[int] = 1
+
+    def refuse(self, model: ModelRef) -> str | None:
+        """A reason this backend cannot serve `model`, decided fast and without loading; None to accept.
+
+        Core probes every backend with a model name when the model's config names none.
+        """
+        return None
+
+    def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
+        """Load the model (blocking, in a worker thread). Return a short message for the Result."""
+        raise NotImplementedError
+
+    def unload(self) -> str:
+        """Give the model's memory back (blocking, in a worker thread). Return a short message."""
+        return "unloaded"
+
+    def memory(self) -> dict[str, int]:
+        """Extra memory figures for Status, in bytes, beside the runtime's own (RSS, GPU)."""
+        return {}
+
+    def close(self) -> None:
+        """At exit, after the last call: flush whatever must survive a restart (blocking)."""
+        self.unload()

@@ -1,0 +1,94 @@
+"""One RPC's handle for a backend: its stop flag, and running blocking engine work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from typing import ParamSpec, TypeVar
+
+from grpclib.metadata import Deadline
+
+from localfleet.errors import Cancelled
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class Call:
+    """Handed to every backend RPC method.
+
+    `stop` is set when the client cancels, disconnects or passes its deadline, and when the process
+    drains past its grace period. Engine code running in a worker thread checks it between steps
+    (tokens, segments, chunks) and returns early; the runtime waits for that before it frees the slot,
+    so a slot is never handed to a new call while old work still runs.
+    """
+
+    def __init__(self, rpc: str, executor: Executor, deadline: Deadline | None = None) -> None:
+        self.rpc = rpc
+        self.stop = threading.Event()
+        self.deadline = deadline
+        self._executor = executor
+
+    def raise_if_stopped(self) -> None:
+        """For engine code: call between steps to stop promptly."""
+        if self.stop.is_set():
+            raise Cancelled(f"{self.rpc} stopped: the caller went away or its deadline passed")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking `fn` in a worker thread; on cancellation set `stop` and wait for `fn` to return."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.stop.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(future)
+            raise
+
+    async def iterate(self, fn: Callable[P, Iterator[T]], *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        """Run blocking generator `fn` in a worker thread and yield its items as they come.
+
+        The thread stops pulling items as soon as `stop` is set (cancellation, or the consumer leaving
+        early), so a disconnected stream stops generating within one item.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def pump() -> None:
+            try:
+                for item in fn(*args, **kwargs):
+                    if self.stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, _Raised(exc))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        future = loop.run_in_executor(self._executor, pump)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item  # type: ignore[misc]  # items are the generator's T; the queue is untyped
+        finally:
+            self.stop.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(future)
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -1,0 +1,1 @@
+"""The `localfleet` command: serve, list, call, up."""

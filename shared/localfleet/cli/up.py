@@ -1,0 +1,131 @@
+"""`localfleet up [BACKEND...]`: a local fleet, one child process per backend, for LocalAI core to use.
+
+Prints the `LOCALAI_EXTERNAL_GRPC_BACKENDS=...` line, restarts a backend that crashes (with a growing
+pause, so a backend that cannot start does not spin), and on Ctrl-C or SIGTERM drains them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("localfleet.up")
+
+_MAX_PAUSE = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("backends", nargs="*", help="backends to start (default: every installed one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the backends listen on")
+    parser.add_argument("--model", action="append", default=[], metavar="BACKEND=MODEL",
+                        help="a start-up model for one backend, e.g. local-store=store://default")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for Health OK")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Child:
+    name: str
+    addr: str
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from localfleet import catalog, logs
+
+    logs.configure("INFO", "text", "up")
+    known = catalog.entries()
+    names = args.backends or [n for n, e in sorted(known.items()) if not e.missing()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        log.error("unknown backend(s) %s; known: %s", ", ".join(unknown), ", ".join(sorted(known)))
+        return 2
+    models = dict(m.split("=", 1) for m in args.model if "=" in m)
+    children = []
+    for name in names:
+        addr = f"{args.host}:{_free_port(args.host)}"
+        argv = [sys.executable, "-m", "localfleet", "serve", name, "--addr", addr]
+        if name in models:
+            argv += ["--model", models[name]]
+        children.append(Child(name, addr, argv))
+    return asyncio.run(_fleet(children, args.start_timeout))
+
+
+async def _fleet(children: list[Child], start_timeout: float) -> int:
+    from localfleet.client import wait_healthy
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    for child in children:
+        await _start(child)
+    try:
+        await asyncio.gather(*(wait_healthy(c.addr, start_timeout) for c in children))
+    except TimeoutError as exc:
+        log.error("%s", exc)
+        await _stop_all(children)
+        return 1
+    line = ",".join(f"{c.name}:{c.addr}" for c in children)
+    print(f"LOCALAI_EXTERNAL_GRPC_BACKENDS={line}", flush=True)
+    log.info("fleet up: %s (Ctrl-C stops it)", line)
+    watchers = [asyncio.create_task(_keep_running(c, stopping)) for c in children]
+    await stopping.wait()
+    log.info("stopping the fleet")
+    for task in watchers:
+        task.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    await _stop_all(children)
+    return 0
+
+
+async def _start(child: Child) -> None:
+    child.process = await asyncio.create_subprocess_exec(*child.argv)
+    child.started = time.monotonic()
+    log.info("started %s on %s (pid %d)", child.name, child.addr, child.process.pid)
+
+
+async def _keep_running(child: Child, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        assert child.process is not None
+        code = await child.process.wait()
+        if stopping.is_set():
+            return
+        # A child that lived a while restarts at once; one that keeps dying waits longer each time.
+        if time.monotonic() - child.started > _MAX_PAUSE:
+            child.restarts = 0
+        pause = min(_MAX_PAUSE, 0.5 * 2**child.restarts)
+        child.restarts += 1
+        log.warning("%s exited with %d; restarting in %.1f s", child.name, code, pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), pause)
+        if not stopping.is_set():
+            await _start(child)
+
+
+async def _stop_all(children: list[Child]) -> None:
+    running = [c.process for c in children if c.process is not None and c.process.returncode is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,194 @@
+"""The runtime: one per process. Owns the model's lifecycle, admission, readiness, drain and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import gc
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from grpclib.health.check import ServiceStatus
+
+from localfleet import memory
+from localfleet.admission import Admission
+from localfleet.backend import Backend, ModelRef
+from localfleet.errors import BackendError, NotFound, NotLoaded, Refused, Unavailable
+from localfleet.gate import ModelGate
+from localfleet.metrics import Metrics
+from localfleet.options import parse_options
+from localfleet.proto import backend_pb2 as pb
+from localfleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    UNINITIALIZED = pb.StatusResponse.UNINITIALIZED
+    READY = pb.StatusResponse.READY
+    ERROR = pb.StatusResponse.ERROR
+    LOADING = pb.StatusResponse.BUSY  # the contract has no LOADING: a load in progress shows as BUSY
+
+
+class Runtime:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        limit = settings.concurrency or backend.default_concurrency
+        self.admission = Admission(limit, settings.queue_size)
+        # Engine work, plus room for a load and a Free beside a full set of running calls.
+        self.executor = ThreadPoolExecutor(max_workers=limit + 2, thread_name_prefix=f"{backend.name}-work")
+        self.gate = ModelGate()
+        self.metrics = Metrics(backend.name)
+        self.state = State.UNINITIALIZED
+        self.model_name = ""
+        self.last_error = ""
+        #: grpc.health.v1 status: what a Kubernetes readiness probe reads
+        self.readiness = ServiceStatus()
+        self.readiness.set(settings.model is None)
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- bookkeeping of calls, for drain and Status --------------------------------------------
+    def call_started(self) -> None:
+        if self.draining:
+            raise Unavailable("this backend is shutting down (draining); retry on another instance")
+        self.in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.set(self.in_flight)
+
+    def call_ended(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        self.readiness.set(False)
+
+    # -- checks every request goes through ------------------------------------------------------
+    def check_identity(self, identity: str) -> None:
+        if identity and identity != self.model_name:
+            loaded = repr(self.model_name) if self.model_name else "no model"
+            raise NotFound(
+                f"model identity mismatch: the request is for {identity!r} but this backend has {loaded} "
+                "loaded; call LoadModel for that model first"
+            )
+
+    def require_model(self) -> None:
+        if self.state is not State.READY:
+            if self.state is State.ERROR:
+                raise NotLoaded(f"no model loaded: the last LoadModel failed ({self.last_error}); call LoadModel again")
+            raise NotLoaded()
+
+    # -- the control RPCs ------------------------------------------------------------------------
+    async def load(self, request: pb.ModelOptions) -> pb.Result:
+        """LoadModel: refuse fast what this backend cannot serve, else replace the model in a worker thread."""
+        ref = ModelRef.from_request(request)
+        if not ref.name and not ref.path:
+            return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
+        try:
+            options = parse_options(self.backend.Options, request.Options)
+            reason = self.backend.refuse(ref)
+        except BackendError as exc:
+            return pb.Result(success=False, message=f"{self.backend.name}: {exc}")
+        if reason:
+            log.info("refused model %r: %s", ref.name, reason)
+            return pb.Result(success=False, message=f"{self.backend.name} cannot serve {ref.name!r}: {reason}")
+        loop = asyncio.get_running_loop()
+        async with self.gate.exclusive():
+            started = time.perf_counter()
+            self.state = State.LOADING
+            try:
+                if self.model_name:
+                    await loop.run_in_executor(self.executor, self.backend.unload)
+                    self.model_name = ""
+                message = await loop.run_in_executor(self.executor, self.backend.load, ref, options, request)
+            except (Exception, Refused) as exc:  # any engine failure is the load's answer, never a crash
+                self.state = State.ERROR
+                self.last_error = _describe(exc)
+                if isinstance(exc, BackendError | Refused):
+                    log.warning("LoadModel %r failed: %s", ref.name, exc)
+                else:
+                    log.exception("LoadModel %r failed", ref.name)
+                return pb.Result(success=False, message=f"{self.backend.name}: loading {ref.name!r} failed: "
+                                 f"{self.last_error}")
+            elapsed = time.perf_counter() - started
+            self.metrics.load_seconds.observe(elapsed)
+            self.state = State.READY
+            self.model_name = ref.name
+            self.last_error = ""
+            log.info("loaded %r in %.2f s: %s", ref.name, elapsed, message)
+            return pb.Result(success=True, message=message or f"loaded {ref.name}")
+
+    async def free(self) -> pb.Result:
+        """Free: drop the model and give its memory back; Status returns to UNINITIALIZED."""
+        loop = asyncio.get_running_loop()
+        async with self.gate.exclusive():
+            if not self.model_name:
+                self.state = State.UNINITIALIZED
+                return pb.Result(success=True, message="no model loaded")
+            name = self.model_name
+            message = await loop.run_in_executor(self.executor, self.backend.unload)
+            self.model_name = ""
+            self.state = State.UNINITIALIZED
+            gc.collect()
+            memory.release_device_caches()
+            log.info("freed %r: %s", name, message)
+            return pb.Result(success=True, message=message or f"freed {name}")
+
+    def status(self) -> pb.StatusResponse:
+        figures = memory.process_memory()
+        try:
+            figures.update(self.backend.memory() if self.state is State.READY else {})
+        except Exception:  # Status must answer even when an engine cannot count its memory
+            log.exception("backend memory figures failed")
+        total = figures.get("rss", 0) + sum(v for k, v in figures.items() if k.startswith("gpu"))
+        state = self.state.value
+        if self.state is State.READY and self.admission.running:
+            state = pb.StatusResponse.BUSY
+        return pb.StatusResponse(state=state, memory=pb.MemoryUsageData(total=total, breakdown=figures))
+
+    async def load_startup_model(self) -> None:
+        settings = self.settings
+        assert settings.model is not None
+        request = pb.ModelOptions(
+            Model=settings.model,
+            ModelPath=settings.model_path,
+            ModelFile=f"{settings.model_path.rstrip('/')}/{settings.model}" if settings.model_path else "",
+            Options=settings.model_options,
+        )
+        result = await self.load(request)
+        if result.success:
+            self.readiness.set(not self.draining)
+        else:
+            log.error("start-up model did not load; not ready: %s", result.message)
+
+    async def close(self) -> None:
+        """At exit: let the backend flush what must survive (a store's data), then stop the workers."""
+        loop = asyncio.get_running_loop()
+        async with self.gate.exclusive():
+            try:
+                await loop.run_in_executor(self.executor, self.backend.close)
+            except Exception:
+                log.exception("backend close failed")
+            self.model_name = ""
+            self.state = State.UNINITIALIZED
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BackendError | Refused):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
