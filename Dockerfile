@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image recipe for every localfleet backend; pick the backend with --build-arg BACKEND=<name>
 # (a folder under services/ and an optional-dependency group of the same name in pyproject.toml).
 #
@@ -48,8 +47,8 @@ LABEL org.opencontainers.image.title="localfleet-${BACKEND}" \
       io.localfleet.backend="${BACKEND}" \
       io.localfleet.build-type="${BUILD_TYPE}"
 # A fixed uid/gid so Kubernetes (runAsUser, fsGroup) and volume owners can name it.
-RUN groupadd --system --gid 10001 localfleet \
-    && useradd --system --uid 10001 --gid 10001 --no-log-init --no-create-home \
+RUN groupadd --gid 10001 localfleet \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
         --home-dir /var/lib/localfleet --shell /usr/sbin/nologin localfleet \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/localfleet
 COPY --from=build /opt/localfleet /opt/localfleet
