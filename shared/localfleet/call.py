@@ -32,6 +32,8 @@ class Call:
     def __init__(self, rpc: str, executor: Executor, deadline: Deadline | None = None) -> None:
         self.rpc = rpc
         self.stop = threading.Event()
+        #: set with `stop` when the process drains past its grace period: the call then ends UNAVAILABLE
+        self.shutdown = False
         self.deadline = deadline
         self._executor = executor
 
@@ -62,14 +64,18 @@ class Call:
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         def pump() -> None:
+            items = fn(*args, **kwargs)
             try:
-                for item in fn(*args, **kwargs):
+                for item in items:
                     if self.stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, item)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop side, re-raised there
                 loop.call_soon_threadsafe(queue.put_nowait, _Raised(exc))
             finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()  # the engine's own cleanup runs now, in this thread, not at garbage collection
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         future = loop.run_in_executor(self._executor, pump)

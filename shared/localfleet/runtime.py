@@ -14,6 +14,7 @@ from grpclib.health.check import ServiceStatus
 from localfleet import memory
 from localfleet.admission import Admission
 from localfleet.backend import Backend, ModelRef
+from localfleet.call import Call
 from localfleet.errors import BackendError, NotFound, NotLoaded, Refused, Unavailable
 from localfleet.gate import ModelGate
 from localfleet.metrics import Metrics
@@ -49,6 +50,7 @@ class Runtime:
         self.readiness.set(settings.model is None)
         self.draining = False
         self.in_flight = 0
+        self.calls: set[Call] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -67,11 +69,19 @@ class Runtime:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
         return True
+
+    def stop_calls(self) -> None:
+        """Grace period over: tell every engine loop to stop; their callers get UNAVAILABLE."""
+        for call in self.calls:
+            call.shutdown = True
+            call.stop.set()
 
     def begin_drain(self) -> None:
         self.draining = True

@@ -22,6 +22,8 @@ from localfleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: seconds stopped calls get to notice their stop flag and answer, after the grace period
+_STOP_WAIT = 2.0
 #: exit status after a second SIGTERM/SIGINT cut a drain short
 FORCED_EXIT = 2
 
@@ -63,8 +65,11 @@ class BackendServer:
         """After stop(): wait for calls in flight up to the grace period, cancel the rest, flush, close."""
         await self._stopping.wait()
         if not await self.runtime.wait_idle(self._grace):
-            log.warning("grace period of %.1f s passed with %d calls in flight; cancelling them",
+            log.warning("grace period of %.1f s passed with %d calls in flight; stopping them",
                         self._grace, self.runtime.in_flight)
+            self.runtime.stop_calls()
+            # Engine loops check their stop flag every step; what still runs after this is cancelled.
+            await self.runtime.wait_idle(_STOP_WAIT)
         self.server.close()
         await self.server.wait_closed()
         for task in self._tasks:

@@ -20,7 +20,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from localfleet.call import Call
-from localfleet.errors import BackendError
+from localfleet.errors import BackendError, Unavailable
 from localfleet.proto import backend_pb2 as pb
 from localfleet.runtime import Runtime
 
@@ -157,20 +157,32 @@ class BackendService:
                     async with runtime.gate.shared():
                         runtime.require_model()  # a Free may have run while this call queued
                         call = Call(rpc, runtime.executor, stream.deadline)
+                        runtime.calls.add(call)
                         try:
                             if streaming_out:
                                 async with contextlib.aclosing(method(request, call)) as replies:
                                     async for reply in replies:
+                                        _check_shutdown(call)
                                         await stream.send_message(reply)
+                                _check_shutdown(call)
                             else:
-                                await stream.send_message(await method(request, call))
+                                reply = await method(request, call)
+                                _check_shutdown(call)  # work cut short by shutdown is no answer
+                                await stream.send_message(reply)
                         except asyncio.CancelledError:
                             call.stop.set()
                             raise
+                        finally:
+                            runtime.calls.discard(call)
             finally:
                 runtime.metrics.queue_depth.set(runtime.admission.waiting)
 
         return body
+
+
+def _check_shutdown(call: Call) -> None:
+    if call.shutdown:
+        raise Unavailable(f"{call.rpc} was stopped: the backend shut down before it finished; retry")
 
 
 async def _requests(stream: ServerStream) -> AsyncIterator[Any]:

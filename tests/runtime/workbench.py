@@ -84,12 +84,16 @@ class Workbench(Backend):
 
     def _stream(self, steps: int, call: Call) -> Iterator[int]:
         self.started.set()
-        for step in range(steps):
-            if call.stop.is_set():
-                self.stopped_early.set()
-                return
-            time.sleep(STEP)
-            yield step
+        try:
+            for step in range(steps):
+                if call.stop.is_set():
+                    self.stopped_early.set()
+                    return
+                time.sleep(STEP)
+                yield step
+        except GeneratorExit:  # closed by the runtime after the stop flag was seen between items
+            self.stopped_early.set()
+            raise
         self.finished += 1
 
     async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
@@ -106,4 +110,4 @@ class Workbench(Backend):
 
     async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
         size = len(request.Embeddings)
-        return pb.EmbeddingResult(embeddings=[float(size)] * size)
+        return pb.EmbeddingResult(embeddings=[float(size)] * size)  # 4 bytes a float: the reply outgrows the request
