@@ -19,8 +19,14 @@ _LABELS = {v: k.removeprefix("LABEL_").lower() for k, v in descriptor_pb2.FieldD
 def compile_proto(tmp: Path) -> descriptor_pb2.FileDescriptorProto:
     out = tmp / "backend.pb"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={PROTO.parent}",
-         f"--descriptor_set_out={out}", PROTO.name],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"--proto_path={PROTO.parent}",
+            f"--descriptor_set_out={out}",
+            PROTO.name,
+        ],
         check=True,
     )
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -34,8 +40,12 @@ def describe(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Any]:
     def message(msg: descriptor_pb2.DescriptorProto) -> dict[str, Any]:
         fields = []
         for f in msg.field:
-            entry: dict[str, Any] = {"name": f.name, "number": f.number, "type": _TYPES[f.type],
-                                     "label": _LABELS[f.label]}
+            entry: dict[str, Any] = {
+                "name": f.name,
+                "number": f.number,
+                "type": _TYPES[f.type],
+                "label": _LABELS[f.label],
+            }
             if f.type_name:
                 entry["type_name"] = f.type_name.lstrip(".")
             if f.proto3_optional:
@@ -43,8 +53,10 @@ def describe(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Any]:
             elif f.HasField("oneof_index"):
                 entry["oneof"] = msg.oneof_decl[f.oneof_index].name
             fields.append(entry)
-        out: dict[str, Any] = {"fields": sorted(fields, key=lambda e: e["number"])}
-        nested = {n.name: message(n) | ({"map_entry": True} if n.options.map_entry else {}) for n in msg.nested_type}
+        out: dict[str, Any] = {"fields": sorted(fields, key=_by_number)}
+        nested = {
+            n.name: message(n) | ({"map_entry": True} if n.options.map_entry else {}) for n in msg.nested_type
+        }
         if nested:
             out["nested"] = nested
         enums = {e.name: {v.name: v.number for v in e.value} for e in msg.enum_type}
@@ -56,9 +68,17 @@ def describe(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Any]:
         messages[msg.name] = message(msg)
     services = {
         s.name: sorted(
-            ({"name": m.name, "input": m.input_type.lstrip("."), "output": m.output_type.lstrip("."),
-              "client_streaming": m.client_streaming, "server_streaming": m.server_streaming} for m in s.method),
-            key=lambda r: r["name"],
+            (
+                {
+                    "name": m.name,
+                    "input": m.input_type.lstrip("."),
+                    "output": m.output_type.lstrip("."),
+                    "client_streaming": m.client_streaming,
+                    "server_streaming": m.server_streaming,
+                }
+                for m in s.method
+            ),
+            key=_by_name,
         )
         for s in file.service
     }
@@ -75,10 +95,12 @@ def normalise(contract: dict[str, Any]) -> dict[str, Any]:
     """The contract JSON in the same order-free shape as describe()."""
 
     def message(msg: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"fields": sorted(msg["fields"], key=lambda e: e["number"])}
+        out: dict[str, Any] = {"fields": sorted(msg["fields"], key=_by_number)}
         if msg.get("nested"):
-            out["nested"] = {k: message(v) | ({"map_entry": True} if v.get("map_entry") else {})
-                             for k, v in msg["nested"].items()}
+            out["nested"] = {
+                k: message(v) | ({"map_entry": True} if v.get("map_entry") else {})
+                for k, v in msg["nested"].items()
+            }
         if msg.get("enums"):
             out["enums"] = msg["enums"]
         return out
@@ -86,7 +108,15 @@ def normalise(contract: dict[str, Any]) -> dict[str, Any]:
     return {
         "package": contract["package"],
         "syntax": contract["syntax"],
-        "services": {k: sorted(v, key=lambda r: r["name"]) for k, v in contract["services"].items()},
+        "services": {k: sorted(v, key=_by_name) for k, v in contract["services"].items()},
         "messages": {k: message(v) for k, v in contract["messages"].items()},
         "enums": contract["enums"],
     }
+
+
+def _by_name(entry: dict[str, Any]) -> str:
+    return str(entry["name"])
+
+
+def _by_number(entry: dict[str, Any]) -> int:
+    return int(entry["number"])

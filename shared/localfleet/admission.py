@@ -27,8 +27,8 @@ class Admission:
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.waiting >= self.queue_size:
             raise Overloaded(
-                f"queue full: {self.running} requests running and {self.waiting} waiting; retry later, or raise "
-                "LOCALFLEET_QUEUE_SIZE / LOCALFLEET_CONCURRENCY"
+                f"queue full: {self.running} requests running and {self.waiting} waiting; retry later, "
+                "or raise LOCALFLEET_QUEUE_SIZE / LOCALFLEET_CONCURRENCY"
             )
         self.waiting += 1
         try:

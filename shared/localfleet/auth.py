@@ -23,7 +23,8 @@ def require_token(server: Server, token: str) -> None:
         if not hmac.compare_digest(sent_bytes, expected):  # constant time: no token guessing by timing
             raise GRPCError(
                 Status.UNAUTHENTICATED,
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <LOCALAI_GRPC_AUTH_TOKEN>'",
+                "missing or wrong bearer token: "
+                "send metadata 'authorization: Bearer <LOCALAI_GRPC_AUTH_TOKEN>'",
             )
 
     listen(server, RecvRequest, check)

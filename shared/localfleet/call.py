@@ -54,7 +54,9 @@ class Call:
                 await asyncio.shield(future)
             raise
 
-    async def iterate(self, fn: Callable[P, Iterator[T]], *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+    async def iterate(
+        self, fn: Callable[P, Iterator[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncIterator[T]:
         """Run blocking generator `fn` in a worker thread and yield its items as they come.
 
         The thread stops pulling items as soon as `stop` is set (cancellation, or the consumer leaving
@@ -70,7 +72,7 @@ class Call:
                     if self.stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side, re-raised there
+            except BaseException as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, _Raised(exc))
             finally:
                 close = getattr(items, "close", None)

@@ -59,7 +59,7 @@ async def wait_healthy(addr: str, timeout: float, token: str | None = None) -> N
             async with connect(addr, token) as client:
                 if await client.healthy(timeout=max(0.1, deadline - time.monotonic())):
                     return
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             last = exc
         await asyncio.sleep(0.02)  # a retry pause while the port opens, not a wait for a result
     raise TimeoutError(f"{addr} did not answer Health OK within {timeout:.1f} s (last error: {last})")

@@ -99,12 +99,14 @@ class Runtime:
     def require_model(self) -> None:
         if self.state is not State.READY:
             if self.state is State.ERROR:
-                raise NotLoaded(f"no model loaded: the last LoadModel failed ({self.last_error}); call LoadModel again")
+                raise NotLoaded(
+                    f"no model loaded: the last LoadModel failed ({self.last_error}); call LoadModel again"
+                )
             raise NotLoaded()
 
     # -- the control RPCs ------------------------------------------------------------------------
     async def load(self, request: pb.ModelOptions) -> pb.Result:
-        """LoadModel: refuse fast what this backend cannot serve, else replace the model in a worker thread."""
+        """LoadModel: refuse fast what this backend cannot serve, else replace the model in a thread."""
         ref = ModelRef.from_request(request)
         if not ref.name and not ref.path:
             return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
@@ -115,7 +117,9 @@ class Runtime:
             return pb.Result(success=False, message=f"{self.backend.name}: {exc}")
         if reason:
             log.info("refused model %r: %s", ref.name, reason)
-            return pb.Result(success=False, message=f"{self.backend.name} cannot serve {ref.name!r}: {reason}")
+            return pb.Result(
+                success=False, message=f"{self.backend.name} cannot serve {ref.name!r}: {reason}"
+            )
         loop = asyncio.get_running_loop()
         async with self.gate.exclusive():
             started = time.perf_counter()
@@ -132,8 +136,10 @@ class Runtime:
                     log.warning("LoadModel %r failed: %s", ref.name, exc)
                 else:
                     log.exception("LoadModel %r failed", ref.name)
-                return pb.Result(success=False, message=f"{self.backend.name}: loading {ref.name!r} failed: "
-                                 f"{self.last_error}")
+                return pb.Result(
+                    success=False,
+                    message=f"{self.backend.name}: loading {ref.name!r} failed: {self.last_error}",
+                )
             elapsed = time.perf_counter() - started
             self.metrics.load_seconds.observe(elapsed)
             self.state = State.READY

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
@@ -65,8 +67,11 @@ class BackendServer:
         """After stop(): wait for calls in flight up to the grace period, cancel the rest, flush, close."""
         await self._stopping.wait()
         if not await self.runtime.wait_idle(self._grace):
-            log.warning("grace period of %.1f s passed with %d calls in flight; stopping them",
-                        self._grace, self.runtime.in_flight)
+            log.warning(
+                "grace period of %.1f s passed with %d calls in flight; stopping them",
+                self._grace,
+                self.runtime.in_flight,
+            )
             self.runtime.stop_calls()
             # Engine loops check their stop flag every step; what still runs after this is cancelled.
             await self.runtime.wait_idle(_STOP_WAIT)
@@ -76,8 +81,8 @@ class BackendServer:
             task.cancel()
         await self.runtime.close()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]  # a coroutine
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

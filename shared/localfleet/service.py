@@ -67,9 +67,9 @@ class BackendService:
             body = self._unimplemented(rpc)
         return self._observed(rpc, body)
 
-    def _observed(self, rpc: str, body: Callable[[ServerStream], Awaitable[None]]) -> Callable[
-        [ServerStream], Awaitable[None]
-    ]:
+    def _observed(
+        self, rpc: str, body: Callable[[ServerStream], Awaitable[None]]
+    ) -> Callable[[ServerStream], Awaitable[None]]:
         metrics = self.runtime.metrics
         counted = rpc not in {"Health", "Status"}  # probes must not hold up a drain
 
@@ -118,6 +118,7 @@ class BackendService:
 
     async def _loadmodel(self, stream: ServerStream) -> None:
         request = await stream.recv_message()
+        assert request is not None  # a unary call always carries its message
         await stream.send_message(await self.runtime.load(request))
 
     async def _free(self, stream: ServerStream) -> None:
@@ -140,7 +141,9 @@ class BackendService:
         streaming_out = cardinality in (Cardinality.UNARY_STREAM, Cardinality.STREAM_STREAM)
         streaming_in = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
         if streaming_out != inspect.isasyncgenfunction(method):
-            raise TypeError(f"{type(runtime.backend).__name__}.{rpc} must be an async generator iff it streams")
+            raise TypeError(
+                f"{type(runtime.backend).__name__}.{rpc} must be an async generator iff it streams"
+            )
 
         async def body(stream: ServerStream) -> None:
             request: Any

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         default_factory=list, description="start-up model Options, key:value (JSON list in env)"
     )
     concurrency: int | None = Field(None, ge=1, description="requests run at once; default: the backend's")
-    queue_size: int = Field(64, ge=0, description="requests that may wait for a slot before RESOURCE_EXHAUSTED")
+    queue_size: int = Field(
+        64, ge=0, description="requests that may wait for a slot before RESOURCE_EXHAUSTED"
+    )
     grace_period: float = Field(30.0, ge=0, description="seconds calls in flight get to finish on SIGTERM")
     max_message_bytes: int = Field(50 * MiB, ge=1024, description="request and reply size cap")
     metrics_addr: str | None = Field(None, description="HOST:PORT for Prometheus metrics; off when unset")

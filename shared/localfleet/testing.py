@@ -71,19 +71,24 @@ class Process:
 
 
 @contextmanager
-def spawn(backend: str, *args: str, env: dict[str, str] | None = None, timeout: float = 20) -> Iterator[Process]:
+def spawn(
+    backend: str, *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> Iterator[Process]:
     """Run `python -m localfleet serve BACKEND` on a free port; wait for its 'serving on' log line."""
     addr = f"127.0.0.1:{free_port()}"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     started = time.monotonic()
     popen = subprocess.Popen(
         [sys.executable, "-m", "localfleet", "serve", backend, "--addr", addr, *args],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=full_env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=full_env,
     )
     try:
         assert popen.stderr is not None
         deadline = started + timeout
-        lines = []
+        lines: list[str] = []
         while time.monotonic() < deadline:
             line = popen.stderr.readline()
             if not line:

@@ -56,7 +56,7 @@ async def test_rpc_a_backend_lacks_is_unimplemented_naming_it(loaded: Served) ->
 async def test_every_contract_rpc_answers(served: Served) -> None:
     from localfleet.service import SERVICE
 
-    mapping = served.server.server._mapping  # noqa: SLF001 - the server's own routing table
+    mapping = served.server.server._mapping
     for method in SERVICE.methods:
         assert f"/backend.Backend/{method.name}" in mapping
 
@@ -100,7 +100,9 @@ async def test_queued_requests_are_served_in_order() -> None:
         assert order == ["1", "2", "3", "4"]
 
 
-async def test_deadline_stops_the_engine_work_and_frees_the_slot(loaded: Served, workbench: Workbench) -> None:
+async def test_deadline_stops_the_engine_work_and_frees_the_slot(
+    loaded: Served, workbench: Workbench
+) -> None:
     # The deadline travels as grpc-timeout: the server cancels the call on its own clock.
     with pytest.raises((GRPCError, TimeoutError)):
         await loaded.client.backend.Predict(pb.PredictOptions(Prompt="x", Tokens=10_000), timeout=0.3)
@@ -111,12 +113,11 @@ async def test_deadline_stops_the_engine_work_and_frees_the_slot(loaded: Served,
 
 
 async def test_client_disconnect_stops_a_stream(loaded: Served, workbench: Workbench) -> None:
-    async with connect(loaded.addr) as client:
-        async with client.backend.PredictStream.open() as stream:
-            await stream.send_message(pb.PredictOptions(Prompt="s", Tokens=10_000), end=True)
-            first = await stream.recv_message()
-            assert first is not None
-            await stream.cancel()
+    async with connect(loaded.addr) as client, client.backend.PredictStream.open() as stream:
+        await stream.send_message(pb.PredictOptions(Prompt="s", Tokens=10_000), end=True)
+        first = await stream.recv_message()
+        assert first is not None
+        await stream.cancel()
     assert await asyncio.to_thread(workbench.stopped_early.wait, 5)
     while loaded.runtime.admission.running:
         await asyncio.sleep(0.01)
@@ -131,7 +132,9 @@ async def test_a_stream_delivers_every_chunk(loaded: Served) -> None:
 
 
 async def test_model_identity_mismatch_is_not_found(loaded: Served) -> None:
-    err = await _status_of(loaded.client.backend.Predict(pb.PredictOptions(Prompt="x", ModelIdentity="other")))
+    err = await _status_of(
+        loaded.client.backend.Predict(pb.PredictOptions(Prompt="x", ModelIdentity="other"))
+    )
     assert err.status == Status.NOT_FOUND
     assert "model identity mismatch" in (err.message or "")
     ok = await loaded.client.backend.Predict(pb.PredictOptions(Prompt="x", ModelIdentity="bench-model"))

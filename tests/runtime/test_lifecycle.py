@@ -46,7 +46,9 @@ async def test_health_answers_while_a_request_runs(loaded: Served, workbench: Wo
     predict.cancel()
 
 
-async def test_model_file_is_used_when_it_exists(served: Served, workbench: Workbench, tmp_path: Path) -> None:
+async def test_model_file_is_used_when_it_exists(
+    served: Served, workbench: Workbench, tmp_path: Path
+) -> None:
     weights = tmp_path / "model.bin"
     weights.write_bytes(b"w")
     result = await load(served, "model.bin", ModelFile=str(weights), ModelPath=str(tmp_path))
@@ -54,7 +56,9 @@ async def test_model_file_is_used_when_it_exists(served: Served, workbench: Work
     assert workbench.loaded == str(weights)
 
 
-async def test_model_is_used_when_model_file_is_missing(served: Served, workbench: Workbench, tmp_path: Path) -> None:
+async def test_model_is_used_when_model_file_is_missing(
+    served: Served, workbench: Workbench, tmp_path: Path
+) -> None:
     result = await load(served, "org/hub-model", ModelFile=str(tmp_path / "org/hub-model"))
     assert result.success, result.message
     assert workbench.loaded == "org/hub-model"
@@ -75,7 +79,9 @@ async def test_options_are_typed(served: Served, workbench: Workbench) -> None:
         ("novalue", "is not key:value"),
     ],
 )
-async def test_a_wrong_option_fails_load_naming_key_and_type(served: Served, option: str, expected: str) -> None:
+async def test_a_wrong_option_fails_load_naming_key_and_type(
+    served: Served, option: str, expected: str
+) -> None:
     result = await load(served, Options=[option])
     assert not result.success
     assert expected in result.message

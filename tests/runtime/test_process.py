@@ -64,7 +64,9 @@ async def test_grace_period_cuts_long_calls_then_exits_zero() -> None:
     with spawn(WORKBENCH, "--grace-period", "0.3") as proc:
         await _load(proc.addr)
         async with connect(proc.addr) as client:
-            in_flight = asyncio.create_task(client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=100_000)))
+            in_flight = asyncio.create_task(
+                client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=100_000))
+            )
             await _wait_in_flight(proc.addr)
             started = time.monotonic()
             proc.popen.send_signal(signal.SIGTERM)
@@ -80,7 +82,9 @@ async def test_second_signal_exits_at_once() -> None:
     with spawn(WORKBENCH) as proc:
         await _load(proc.addr)
         async with connect(proc.addr) as client:
-            in_flight = asyncio.create_task(client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=100_000)))
+            in_flight = asyncio.create_task(
+                client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=100_000))
+            )
             await _wait_in_flight(proc.addr)
             proc.popen.send_signal(signal.SIGTERM)
             async with connect(proc.addr) as other:
@@ -108,7 +112,9 @@ def test_backend_exits_when_its_parent_dies(tmp_path: object) -> None:
         """
     )
     env = {**os.environ, "LOCALAI_BACKEND_PARENT_WATCH_INTERVAL": "100ms"}
-    out = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", launcher], capture_output=True, text=True, env=env, check=True
+    )
     child = int(out.stdout.strip())
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -146,7 +152,12 @@ def test_serving_imports_no_engine_before_load() -> None:
 
 
 def test_unknown_backend_fails_with_a_clear_message() -> None:
-    out = subprocess.run([sys.executable, "-m", "localfleet", "serve", "no-such-backend"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "localfleet", "serve", "no-such-backend"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 2
     assert "unknown backend 'no-such-backend'" in out.stderr

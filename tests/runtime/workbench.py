@@ -110,4 +110,6 @@ class Workbench(Backend):
 
     async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
         size = len(request.Embeddings)
-        return pb.EmbeddingResult(embeddings=[float(size)] * size)  # 4 bytes a float: the reply outgrows the request
+        return pb.EmbeddingResult(
+            embeddings=[float(size)] * size
+        )  # 4 bytes a float: the reply outgrows the request

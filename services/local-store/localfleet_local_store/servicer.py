@@ -69,7 +69,7 @@ class LocalStore(Backend):
     def refuse(self, model: ModelRef) -> str | None:
         if not model.name.startswith(PREFIX):
             return f"it serves only stores, named {PREFIX}<name> (core adds the prefix for the stores API)"
-        if not _NAME.match(model.name[len(PREFIX):]):
+        if not _NAME.match(model.name[len(PREFIX) :]):
             return "a store name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         return None
 
@@ -77,7 +77,7 @@ class LocalStore(Backend):
         from localfleet_local_store.engine import VectorStore  # numpy: imported with the first store
 
         assert isinstance(options, StoreOptions)
-        namespace = model.name[len(PREFIX):]
+        namespace = model.name[len(PREFIX) :]
         with self._lock:
             store = self._stores.get(namespace)
             if store is None:
@@ -86,7 +86,9 @@ class LocalStore(Backend):
                 store = VectorStore.open(directory, options.sync or self.settings.sync)
                 self._stores[namespace] = store
                 self._persistent[namespace] = directory is not None
-                where = f"persisted in {directory}" if directory else "in memory only (set LOCALFLEET_STORE_DIR)"
+                where = (
+                    f"persisted in {directory}" if directory else "in memory only (set LOCALFLEET_STORE_DIR)"
+                )
             else:
                 where = "kept from before"
             self._current = namespace
@@ -102,8 +104,10 @@ class LocalStore(Backend):
                 self._stores.pop(namespace).close()
                 del self._persistent[namespace]
                 return f"store {namespace!r} flushed to disk and released"
-            return (f"store {namespace!r} kept in memory: it has no store_dir, so releasing it would lose "
-                    "its data")
+            return (
+                f"store {namespace!r} kept in memory: it has no store_dir, so releasing it would lose "
+                "its data"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -111,8 +115,12 @@ class LocalStore(Backend):
                 if self._persistent[namespace]:
                     store.close()
                 elif len(store):
-                    log.warning("memory-only store %r loses its %d keys at exit; set LOCALFLEET_STORE_DIR to "
-                                "keep them", namespace, len(store))
+                    log.warning(
+                        "memory-only store %r loses its %d keys at exit; set LOCALFLEET_STORE_DIR to "
+                        "keep them",
+                        namespace,
+                        len(store),
+                    )
             self._stores.clear()
             self._persistent.clear()
             self._current = None
@@ -129,8 +137,10 @@ class LocalStore(Backend):
     # -- the stores API ------------------------------------------------------------------------
     async def StoresSet(self, request: pb.StoresSetOptions, call: Call) -> pb.Result:
         if len(request.Keys) != len(request.Values):
-            raise BadInput(f"StoresSet got {len(request.Keys)} keys but {len(request.Values)} values; "
-                           "send one value per key")
+            raise BadInput(
+                f"StoresSet got {len(request.Keys)} keys but {len(request.Values)} values; "
+                "send one value per key"
+            )
         keys = _keys("StoresSet", request.Keys)
         values = [v.Bytes for v in request.Values]
         await call.run(self._store().set, keys, values)
@@ -167,10 +177,13 @@ def _keys(rpc: str, keys: Any) -> np.ndarray:
         raise BadInput(f"{rpc}: a key has no floats; keys are non-empty float vectors")
     for index, key in enumerate(keys):
         if len(key.Floats) != dim:
-            raise BadInput(f"{rpc}: key {index} has dimension {len(key.Floats)} but key 0 has {dim}; all keys in "
-                           "a request must have the same dimension")
-    flat = np.fromiter(itertools.chain.from_iterable(k.Floats for k in keys), dtype=np.float32,
-                       count=len(keys) * dim)
+            raise BadInput(
+                f"{rpc}: key {index} has dimension {len(key.Floats)} but key 0 has {dim}; all keys in "
+                "a request must have the same dimension"
+            )
+    flat = np.fromiter(
+        itertools.chain.from_iterable(k.Floats for k in keys), dtype=np.float32, count=len(keys) * dim
+    )
     return flat.reshape(len(keys), dim)
 
 

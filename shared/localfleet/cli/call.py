@@ -12,7 +12,17 @@ from typing import Any
 
 from grpclib.exceptions import GRPCError
 
-_RPCS = ("health", "ready", "status", "load", "free", "stores-set", "stores-get", "stores-delete", "stores-find")
+_RPCS = (
+    "health",
+    "ready",
+    "status",
+    "load",
+    "free",
+    "stores-set",
+    "stores-get",
+    "stores-delete",
+    "stores-find",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,12 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rpc", choices=_RPCS, help="what to call")
     parser.add_argument("model", nargs="?", help="for load: the model (e.g. store://docs)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY:VALUE", help="load option")
-    parser.add_argument("--key", action="append", default=[], metavar="JSON",
-                        help="a key as a JSON list of floats, repeatable (stores-*)")
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a key as a JSON list of floats, repeatable (stores-*)",
+    )
     parser.add_argument("--value", action="append", default=[], help="a value for each --key (stores-set)")
     parser.add_argument("--top-k", type=int, default=5, help="stores-find: how many neighbours")
-    parser.add_argument("--token", default=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN"),
-                        help="bearer token (default: $LOCALAI_GRPC_AUTH_TOKEN)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN"),
+        help="bearer token (default: $LOCALAI_GRPC_AUTH_TOKEN)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds")
     parser.set_defaults(run=run)
 
@@ -35,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_call(args))
     except GRPCError as exc:
         print(f"error: {exc.status.name}: {exc.message}", file=sys.stderr)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         print(f"error: cannot reach {args.addr}: {exc or type(exc).__name__}", file=sys.stderr)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -66,32 +84,40 @@ async def _call(args: argparse.Namespace) -> int:
         if args.rpc == "load":
             if not args.model:
                 raise ValueError("load needs a model, e.g. `localfleet call ADDR load store://docs`")
-            result = await stub.LoadModel(pb.ModelOptions(Model=args.model, Options=args.option),
-                                          metadata=meta, timeout=timeout)
+            result = await stub.LoadModel(
+                pb.ModelOptions(Model=args.model, Options=args.option), metadata=meta, timeout=timeout
+            )
             return _result(result)
         if args.rpc == "free":
             return _result(await stub.Free(pb.HealthMessage(), metadata=meta, timeout=timeout))
         keys = [pb.StoresKey(Floats=_floats(k)) for k in args.key]
         if args.rpc == "stores-set":
             if len(args.value) != len(keys):
-                raise ValueError(f"stores-set needs one --value per --key ({len(keys)} keys, {len(args.value)} values)")
+                raise ValueError(
+                    f"stores-set needs one --value per --key ({len(keys)} keys, {len(args.value)} values)"
+                )
             values = [pb.StoresValue(Bytes=v.encode()) for v in args.value]
-            return _result(await stub.StoresSet(pb.StoresSetOptions(Keys=keys, Values=values),
-                                                metadata=meta, timeout=timeout))
+            return _result(
+                await stub.StoresSet(
+                    pb.StoresSetOptions(Keys=keys, Values=values), metadata=meta, timeout=timeout
+                )
+            )
         if args.rpc == "stores-delete":
-            return _result(await stub.StoresDelete(pb.StoresDeleteOptions(Keys=keys), metadata=meta,
-                                                   timeout=timeout))
+            return _result(
+                await stub.StoresDelete(pb.StoresDeleteOptions(Keys=keys), metadata=meta, timeout=timeout)
+            )
         if args.rpc == "stores-get":
             got = await stub.StoresGet(pb.StoresGetOptions(Keys=keys), metadata=meta, timeout=timeout)
-            for key, value in zip(got.Keys, got.Values, strict=True):
-                print(f"{_show_key(key.Floats)}  {_show(value.Bytes)}")
+            for got_key, got_value in zip(got.Keys, got.Values, strict=True):
+                print(f"{_show_key(got_key.Floats)}  {_show(got_value.Bytes)}")
             return 0
         if len(keys) != 1:
             raise ValueError("stores-find needs exactly one --key")
-        found = await stub.StoresFind(pb.StoresFindOptions(Key=keys[0], TopK=args.top_k), metadata=meta,
-                                      timeout=timeout)
-        for key, value, sim in zip(found.Keys, found.Values, found.Similarities, strict=True):
-            print(f"{sim:+.4f}  {_show_key(key.Floats)}  {_show(value.Bytes)}")
+        found = await stub.StoresFind(
+            pb.StoresFindOptions(Key=keys[0], TopK=args.top_k), metadata=meta, timeout=timeout
+        )
+        for found_key, found_value, sim in zip(found.Keys, found.Values, found.Similarities, strict=True):
+            print(f"{sim:+.4f}  {_show_key(found_key.Floats)}  {_show(found_value.Bytes)}")
         return 0
 
 

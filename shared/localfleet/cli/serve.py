@@ -12,8 +12,12 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "--addr": {"help": "HOST:PORT to listen on (env LOCALFLEET_ADDR)"},
     "--model": {"help": "model to load at start-up (env LOCALFLEET_MODEL)"},
     "--model-path": {"help": "models directory for --model (env LOCALFLEET_MODEL_PATH)"},
-    "--option": {"action": "append", "dest": "model_options", "metavar": "KEY:VALUE",
-                 "help": "start-up model option, repeatable"},
+    "--option": {
+        "action": "append",
+        "dest": "model_options",
+        "metavar": "KEY:VALUE",
+        "help": "start-up model option, repeatable",
+    },
     "--concurrency": {"type": int, "help": "requests run at once (env LOCALFLEET_CONCURRENCY)"},
     "--queue-size": {"type": int, "help": "requests that may wait (env LOCALFLEET_QUEUE_SIZE)"},
     "--grace-period": {"type": float, "help": "drain seconds on SIGTERM (env LOCALFLEET_GRACE_PERIOD)"},
@@ -52,12 +56,11 @@ def run(args: argparse.Namespace) -> int:
     except (LookupError, ImportError, TypeError) as exc:
         log.error("cannot start %s: %s", args.backend, exc)
         return 2
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-
     from localfleet.server import run as serve
 
     coro = serve(backend_cls(), settings)
-    return uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on Windows): the stock loop serves the same
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -24,8 +24,13 @@ _MAX_PAUSE = 30.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backends", nargs="*", help="backends to start (default: every installed one)")
     parser.add_argument("--host", default="127.0.0.1", help="address the backends listen on")
-    parser.add_argument("--model", action="append", default=[], metavar="BACKEND=MODEL",
-                        help="a start-up model for one backend, e.g. local-store=store://default")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="BACKEND=MODEL",
+        help="a start-up model for one backend, e.g. local-store=store://default",
+    )
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for Health OK")
     parser.set_defaults(run=run)
 

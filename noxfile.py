@@ -1,0 +1,54 @@
+"""Project sessions: `nox -s lint types tests` is the README's test command; `deploy` needs Docker."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+# Every backend whose engine installs offline on a CPU machine; the tests use all of them.
+EXTRAS = "local-store,dev,deploy"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    session.install("-e", f".[{EXTRAS}]")
+    session.run("mypy", "shared", "services", "tests", "benchmarks", "protos", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def protos(session: nox.Session) -> None:
+    """Regenerate shared/localfleet/proto from protos/backend.proto (commit the result)."""
+    session.install("-e", f".[{EXTRAS}]")
+    session.run("python", "protos/generate.py")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    session.install("-e", f".[{EXTRAS}]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def deploy(session: nox.Session) -> None:
+    """Build the base image and local-store image, `docker compose up --wait`, call it from the host."""
+    session.install("-e", f".[{EXTRAS}]")
+    session.run("bash", "scripts/ci-deploy.sh", external=True)
+    session.run("pytest", "-m", "docker", "tests/deploy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Print the runtime and store figures the issues set targets for."""
+    session.install("-e", f".[{EXTRAS}]")
+    session.run("python", "benchmarks/bench_runtime.py", *session.posargs)
