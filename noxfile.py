@@ -8,38 +8,37 @@ nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
 # Every backend whose engine installs offline on a CPU machine; the tests use all of them.
 EXTRAS = "local-store,dev,deploy"
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def types(session: nox.Session) -> None:
     session.install("-e", f".[{EXTRAS}]")
     session.run("mypy", "shared", "services", "tests", "benchmarks", "protos", "noxfile.py")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def protos(session: nox.Session) -> None:
     """Regenerate shared/localfleet/proto from protos/backend.proto (commit the result)."""
     session.install("-e", f".[{EXTRAS}]")
     session.run("python", "protos/generate.py")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", f".[{EXTRAS}]")
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def deploy(session: nox.Session) -> None:
     """Build the base image and local-store image, `docker compose up --wait`, call it from the host."""
     session.install("-e", f".[{EXTRAS}]")
@@ -47,7 +46,7 @@ def deploy(session: nox.Session) -> None:
     session.run("pytest", "-m", "docker", "tests/deploy", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def bench(session: nox.Session) -> None:
     """Print the runtime and store figures the issues set targets for."""
     session.install("-e", f".[{EXTRAS}]")
