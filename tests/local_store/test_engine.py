@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -436,6 +439,42 @@ def test_flipped_byte_in_a_record_drops_it_and_what_follows(tmp_path: Path) -> N
     path.write_bytes(bytes(data))
     store = VectorStore.open(tmp_path)
     assert store.get(keys)[1] == [b"r0", b"r1"]
+    store.close()
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from localfleet_local_store.engine import VectorStore
+
+store = VectorStore.open(Path(sys.argv[1]), sync="always")
+for b in range(100000):
+    keys = np.random.default_rng(b).standard_normal((10, 8)).astype(np.float32)
+    store.set(keys, [b"%d" % b] * 10)
+    print(b, flush=True)
+"""
+
+
+def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    acknowledged = -1
+    while acknowledged < 30:
+        acknowledged = int(writer.stdout.readline())
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    store = VectorStore.open(tmp_path)
+    # The writer may have run ahead of what we read: the store holds a whole prefix of its batches,
+    # at least every acknowledged one, and no part of a batch cut short.
+    written, rest = divmod(len(store), 10)
+    assert rest == 0
+    assert written > acknowledged
+    for b in range(written):
+        keys = np.random.default_rng(b).standard_normal((10, 8)).astype(np.float32)
+        assert store.get(keys)[1] == [b"%d" % b] * 10
     store.close()
 
 
