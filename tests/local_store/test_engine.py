@@ -546,6 +546,30 @@ def test_journal_compacts_automatically_and_keeps_data(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_failed_compaction_does_not_fail_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = VectorStore.open(tmp_path, sync="os", compact_min_bytes=1024)
+    assert store._persist is not None
+    persist = store._persist
+    attempts: list[int] = []
+
+    def disk_full(keys: F32, values: object) -> None:
+        attempts.append(len(keys))
+        raise EngineFailure("cannot write snapshot: No space left on device")
+
+    monkeypatch.setattr(persist, "write_snapshot", disk_full)
+    keys = random_keys(40, 16)
+    for i in range(40):
+        store.set(keys[i : i + 1], [b"x" * 100])  # no error: each write is journaled
+    assert len(store) == 40
+    # Retried after further growth, not on every write.
+    assert 1 <= len(attempts) < 10
+    monkeypatch.undo()
+    persist.close()
+    reopened = VectorStore.open(tmp_path)
+    assert len(reopened) == 40
+    reopened.close()
+
+
 def test_crash_between_snapshot_and_journal_reset_does_not_replay_stale_journal(tmp_path: Path) -> None:
     keys = random_keys(4, 3)
     store = VectorStore.open(tmp_path)

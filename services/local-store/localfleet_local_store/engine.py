@@ -20,6 +20,7 @@ where no reader looks.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ from localfleet.errors import BadInput, EngineFailure, NotLoaded
 from localfleet_local_store.journal import OP_SET, Persistence, SyncMode
 
 F32Array = npt.NDArray[np.float32]
+
+logger = logging.getLogger(__name__)
 
 _MIN_CAPACITY = 1024
 _TRANSPOSE_CHUNK = 256
@@ -411,5 +414,12 @@ class VectorStore:
         persist.write_snapshot(self._raw[: self._n], self._values)
 
     def _maybe_compact(self) -> None:
-        if self._persist is not None and self._persist.should_compact():
+        persist = self._persist
+        if persist is None or not persist.should_compact():
+            return
+        try:
             self._snapshot()
+        except EngineFailure as exc:
+            # The write itself is journaled and applied: report success, retry compaction later.
+            logger.warning("compaction of %s failed, will retry: %s", persist.directory, exc)
+            persist.postpone_compaction()

@@ -221,6 +221,7 @@ class Persistence:
         self.journal_bytes = 0
         self.records_since_snapshot = 0
         self.has_snapshot = False
+        self._compact_after = 0
         # Set when the files may disagree with memory; every later write then refuses.
         self._broken: str | None = None
 
@@ -373,7 +374,11 @@ class Persistence:
         return self.records_since_snapshot > 0 or not self.has_snapshot
 
     def should_compact(self) -> bool:
-        return self.journal_bytes > max(self.snapshot_bytes, self.compact_min_bytes)
+        return self.journal_bytes > max(self.snapshot_bytes, self.compact_min_bytes, self._compact_after)
+
+    def postpone_compaction(self) -> None:
+        """After a failed compaction: wait for more growth rather than retry on every write."""
+        self._compact_after = self.journal_bytes + self.compact_min_bytes
 
     def write_snapshot(self, keys: npt.NDArray[np.float32], values: Sequence[bytes]) -> None:
         """Store ``keys``/``values`` as the next snapshot, then start an empty journal after it."""
@@ -416,6 +421,7 @@ class Persistence:
         self.generation = generation
         self.snapshot_bytes = size
         self.has_snapshot = True
+        self._compact_after = 0
 
     @staticmethod
     def _snapshot_chunks(
