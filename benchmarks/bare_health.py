@@ -17,9 +17,8 @@ class HealthOnly:
         await stream.send_message(pb.Reply(message=b"OK"))
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            "/backend.Backend/Health": Handler(self.health, Cardinality.UNARY_UNARY, pb.HealthMessage, pb.Reply)
-        }
+        handler = Handler(self.health, Cardinality.UNARY_UNARY, pb.HealthMessage, pb.Reply)
+        return {"/backend.Backend/Health": handler}
 
 
 async def main(port: int) -> None:
