@@ -114,7 +114,9 @@ class BackendService:
 
     async def _status(self, stream: ServerStream) -> None:
         await stream.recv_message()
-        await stream.send_message(self.runtime.status())
+        # Off the event loop: NVML and an engine's own accounting may block; Health must not wait on them.
+        status = await asyncio.get_running_loop().run_in_executor(None, self.runtime.status)
+        await stream.send_message(status)
 
     async def _loadmodel(self, stream: ServerStream) -> None:
         request = await stream.recv_message()

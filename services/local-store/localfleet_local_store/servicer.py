@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,8 +61,9 @@ class LocalStore(Backend):
         self.settings = StoreSettings()
         self._stores: dict[str, VectorStore] = {}
         self._persistent: dict[str, bool] = {}
+        # Only load/unload/close change these, and the runtime runs those one at a time with no request
+        # in flight (its model gate); Status reads them from another thread, so readers take snapshots.
         self._current: str | None = None
-        self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
@@ -78,61 +78,50 @@ class LocalStore(Backend):
 
         assert isinstance(options, StoreOptions)
         namespace = model.name[len(PREFIX) :]
-        with self._lock:
-            store = self._stores.get(namespace)
-            if store is None:
-                root = options.store_dir or self.settings.dir
-                directory = Path(root) / namespace if root else None
-                store = VectorStore.open(directory, options.sync or self.settings.sync)
-                self._stores[namespace] = store
-                self._persistent[namespace] = directory is not None
-                where = (
-                    f"persisted in {directory}" if directory else "in memory only (set LOCALFLEET_STORE_DIR)"
-                )
-            else:
-                where = "kept from before"
-            self._current = namespace
+        store = self._stores.get(namespace)
+        if store is None:
+            root = options.store_dir or self.settings.dir
+            directory = Path(root) / namespace if root else None
+            store = VectorStore.open(directory, options.sync or self.settings.sync)
+            self._persistent[namespace] = directory is not None
+            self._stores[namespace] = store
+            where = f"persisted in {directory}" if directory else "in memory only (set LOCALFLEET_STORE_DIR)"
+        else:
+            where = "kept from before"
+        self._current = namespace
         return f"store {namespace!r}: {len(store)} keys, {where}"
 
     def unload(self) -> str:
         """Persistent stores are flushed and dropped from memory; memory-only stores must stay in memory."""
-        with self._lock:
-            namespace, self._current = self._current, None
-            if namespace is None:
-                return "no store loaded"
-            if self._persistent[namespace]:
-                self._stores.pop(namespace).close()
-                del self._persistent[namespace]
-                return f"store {namespace!r} flushed to disk and released"
-            return (
-                f"store {namespace!r} kept in memory: it has no store_dir, so releasing it would lose "
-                "its data"
-            )
+        namespace, self._current = self._current, None
+        if namespace is None:
+            return "no store loaded"
+        if self._persistent[namespace]:
+            self._stores.pop(namespace).close()
+            del self._persistent[namespace]
+            return f"store {namespace!r} flushed to disk and released"
+        return f"store {namespace!r} kept in memory: it has no store_dir, so releasing it would lose its data"
 
     def close(self) -> None:
-        with self._lock:
-            for namespace, store in self._stores.items():
-                if self._persistent[namespace]:
-                    store.close()
-                elif len(store):
-                    log.warning(
-                        "memory-only store %r loses its %d keys at exit; set LOCALFLEET_STORE_DIR to "
-                        "keep them",
-                        namespace,
-                        len(store),
-                    )
-            self._stores.clear()
-            self._persistent.clear()
-            self._current = None
+        for namespace, store in self._stores.items():
+            if self._persistent[namespace]:
+                store.close()
+            elif len(store):
+                log.warning(
+                    "memory-only store %r loses its %d keys at exit; set LOCALFLEET_STORE_DIR to keep them",
+                    namespace,
+                    len(store),
+                )
+        self._stores.clear()
+        self._persistent.clear()
+        self._current = None
 
     def memory(self) -> dict[str, int]:
-        with self._lock:
-            return {"stores": sum(store.nbytes() for store in self._stores.values())}
+        return {"stores": sum(store.nbytes() for store in list(self._stores.values()))}
 
     def _store(self) -> VectorStore:
-        with self._lock:
-            assert self._current is not None  # the runtime admits requests only while a store is loaded
-            return self._stores[self._current]
+        assert self._current is not None  # the runtime admits requests only while a store is loaded
+        return self._stores[self._current]
 
     # -- the stores API ------------------------------------------------------------------------
     async def StoresSet(self, request: pb.StoresSetOptions, call: Call) -> pb.Result:
