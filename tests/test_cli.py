@@ -19,7 +19,11 @@ pytestmark = pytest.mark.timeout(120)
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "localfleet", *args],
-        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -37,8 +41,19 @@ def test_call_drives_a_store_from_the_shell() -> None:
         loaded = cli("call", proc.addr, "load", "store://shell")
         assert loaded.returncode == 0, loaded.stderr
         assert loaded.stdout.startswith("ok: ")
-        put = cli("call", proc.addr, "stores-set", "--key", "[1, 0]", "--value", "east",
-                  "--key", "[0, 1]", "--value", "north")
+        put = cli(
+            "call",
+            proc.addr,
+            "stores-set",
+            "--key",
+            "[1, 0]",
+            "--value",
+            "east",
+            "--key",
+            "[0, 1]",
+            "--value",
+            "north",
+        )
         assert put.returncode == 0, put.stderr
         found = cli("call", proc.addr, "stores-find", "--key", "[0.9, 0.1]", "--top-k", "2")
         lines = found.stdout.strip().splitlines()
@@ -76,7 +91,10 @@ def test_up_prints_the_line_for_core_restarts_a_crashed_backend_and_stops_cleanl
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = subprocess.Popen(
         [sys.executable, "-m", "localfleet", "up", "local-store", "--model", "local-store=store://default"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert up.stdout is not None

@@ -93,7 +93,9 @@ async def test_find_returns_nearest_by_cosine_descending(store: Served) -> None:
     data = rng.standard_normal((200, 16)).astype(np.float32)
     await put(store.client, data.tolist(), [str(i).encode() for i in range(200)])
     query = rng.standard_normal(16).astype(np.float32)
-    found = await store.client.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=query), TopK=5))
+    found = await store.client.backend.StoresFind(
+        pb.StoresFindOptions(Key=pb.StoresKey(Floats=query), TopK=5)
+    )
     cosine = data @ query / (np.linalg.norm(data, axis=1) * np.linalg.norm(query))
     expected = np.argsort(-cosine)[:5]
     assert [int(v.Bytes) for v in found.Values] == expected.tolist()
@@ -103,7 +105,9 @@ async def test_find_returns_nearest_by_cosine_descending(store: Served) -> None:
 
 
 async def test_find_on_an_empty_store_returns_nothing(store: Served) -> None:
-    found = await store.client.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2]), TopK=3))
+    found = await store.client.backend.StoresFind(
+        pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2]), TopK=3)
+    )
     assert list(found.Keys) == []
     assert list(found.Similarities) == []
 
@@ -122,7 +126,9 @@ async def test_wrong_dimension_names_both_and_changes_nothing(store: Served) -> 
     assert err.status == Status.INVALID_ARGUMENT
     assert "2" in (err.message or "")
     assert "3" in (err.message or "")
-    err = await _error(c.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2, 3, 4]), TopK=1)))
+    err = await _error(
+        c.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2, 3, 4]), TopK=1))
+    )
     assert err.status == Status.INVALID_ARGUMENT
     assert "4" in (err.message or "")
     assert "3" in (err.message or "")
@@ -146,7 +152,9 @@ async def test_a_rejected_batch_changes_nothing(store: Served) -> None:
         (pb.StoresSetOptions(Keys=keys([]), Values=values(b"a")), "has no floats"),
     ],
 )
-async def test_malformed_sets_are_invalid_argument(store: Served, request_: pb.StoresSetOptions, expected: str) -> None:
+async def test_malformed_sets_are_invalid_argument(
+    store: Served, request_: pb.StoresSetOptions, expected: str
+) -> None:
     err = await _error(store.client.backend.StoresSet(request_))
     assert err.status == Status.INVALID_ARGUMENT
     assert expected in (err.message or "")
