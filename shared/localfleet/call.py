@@ -6,13 +6,18 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from grpclib.metadata import Deadline
 
 from localfleet.errors import Cancelled
+from localfleet.paths import PathPolicy
+
+if TYPE_CHECKING:
+    from localfleet.metrics import Metrics
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,13 +34,35 @@ class Call:
     so a slot is never handed to a new call while old work still runs.
     """
 
-    def __init__(self, rpc: str, executor: Executor, deadline: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        rpc: str,
+        executor: Executor,
+        deadline: Deadline | None = None,
+        *,
+        paths: PathPolicy | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.rpc = rpc
         self.stop = threading.Event()
+        #: checks request file paths against LOCALFLEET_PATH_ROOTS
+        self.paths = paths or PathPolicy([])
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._first_token_seen = False
         #: set with `stop` when the process drains past its grace period: the call then ends UNAVAILABLE
         self.shutdown = False
         self.deadline = deadline
         self._executor = executor
+
+    def count_tokens(self, n: int = 1) -> None:
+        """For generating backends: record tokens produced (and time to first token) in the metrics."""
+        if self._metrics is None or n <= 0:
+            return
+        if not self._first_token_seen:
+            self._first_token_seen = True
+            self._metrics.first_token.observe(time.perf_counter() - self._started)
+        self._metrics.tokens.inc(n)
 
     def raise_if_stopped(self) -> None:
         """For engine code: call between steps to stop promptly."""

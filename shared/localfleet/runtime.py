@@ -19,6 +19,7 @@ from localfleet.errors import BackendError, NotFound, NotLoaded, Refused, Unavai
 from localfleet.gate import ModelGate
 from localfleet.metrics import Metrics
 from localfleet.options import parse_options
+from localfleet.paths import PathPolicy
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import Settings
 
@@ -42,6 +43,7 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=limit + 2, thread_name_prefix=f"{backend.name}-work")
         self.gate = ModelGate()
         self.metrics = Metrics(backend.name)
+        self.paths = PathPolicy(settings.path_roots)
         self.state = State.UNINITIALIZED
         self.model_name = ""
         self.last_error = ""

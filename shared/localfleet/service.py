@@ -161,7 +161,13 @@ class BackendService:
                     runtime.metrics.queue_depth.set(runtime.admission.waiting)
                     async with runtime.gate.shared():
                         runtime.require_model()  # a Free may have run while this call queued
-                        call = Call(rpc, runtime.executor, stream.deadline)
+                        call = Call(
+                            rpc,
+                            runtime.executor,
+                            stream.deadline,
+                            paths=runtime.paths,
+                            metrics=runtime.metrics,
+                        )
                         runtime.calls.add(call)
                         try:
                             if streaming_out:

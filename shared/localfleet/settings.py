@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     grace_period: float = Field(30.0, ge=0, description="seconds calls in flight get to finish on SIGTERM")
     max_message_bytes: int = Field(50 * MiB, ge=1024, description="request and reply size cap")
     metrics_addr: str | None = Field(None, description="HOST:PORT for Prometheus metrics; off when unset")
+    path_roots: list[str] = Field(
+        default_factory=list,
+        description="folders request paths (dst, src, audio) must lie in; any when empty (JSON list in env)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json lines")
     auth_token: str | None = Field(

@@ -182,6 +182,7 @@ async def test_metrics_count_calls_by_rpc_and_code() -> None:
         await served.client.backend.Predict(pb.PredictOptions(Prompt="x", Tokens=1))
         with pytest.raises(GRPCError):
             await served.client.backend.Predict(pb.PredictOptions(Prompt="x", Tokens=-1))
+        await served.client.backend.PredictStream(pb.PredictOptions(Prompt="s", Tokens=3))
         text = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         )
@@ -191,3 +192,5 @@ async def test_metrics_count_calls_by_rpc_and_code() -> None:
     assert "localfleet_model_load_seconds_count 1.0" in text
     assert "localfleet_queue_depth 0.0" in text
     assert "localfleet_in_flight 0.0" in text
+    assert "localfleet_tokens_generated_total 3.0" in text
+    assert "localfleet_time_to_first_token_seconds_count 1.0" in text

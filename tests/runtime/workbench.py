@@ -106,6 +106,7 @@ class Workbench(Backend):
 
     async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
         async for step in call.iterate(self._stream, request.Tokens, call):
+            call.count_tokens(1)
             yield pb.Reply(message=f"{step} ".encode(), tokens=step + 1)
 
     async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
