@@ -92,6 +92,7 @@ def test_run_sh_falls_back_to_localfleet_on_path(tmp_path: Path) -> None:
     script.parent.mkdir()
     script.write_bytes((ROOT / "services" / "local-store" / "run.sh").read_bytes())
     script.chmod(0o755)
+    (script.parent / "BACKEND").write_text("local-store\n")  # as the image writes it
     path_bin = _fake_localfleet(tmp_path / "on-path")
     env = {"PATH": f"{path_bin}{os.pathsep}/usr/bin:/bin", "LOCALFLEET_VENV": ""}
     result = run([str(script), "--addr", "127.0.0.1:1"], cwd=script.parent, env=env, timeout=30)

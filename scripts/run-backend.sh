@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Start one localfleet backend. LocalAI core runs `<backend folder>/run.sh --addr 127.0.0.1:PORT` with that
+# folder as cwd; every argument is passed on to `localfleet serve <backend>`. Each services/<backend>/run.sh
+# is a link to this one script: the backend is named by a BACKEND file beside run.sh (images write one),
+# else by the name of the folder run.sh was called from.
+#
+# Which localfleet: $LOCALFLEET_VENV if set, else a venv beside run.sh (a LocalAI backend folder or the
+# image's /opt/localfleet), else the repo's .venv (a checkout), else `localfleet` on PATH.
+set -euo pipefail
+
+# Where run.sh was called from (not where the link points): that folder names the backend.
+here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -f "$here/BACKEND" ]]; then
+    backend="$(<"$here/BACKEND")"
+else
+    backend="$(basename -- "$here")"
+fi
+repo="$(cd -P -- "$here/../.." && pwd)"
+
+for venv in "${LOCALFLEET_VENV:-}" "$here/.venv" "$here/venv" "$repo/.venv"; do
+    if [[ -n "$venv" && -x "$venv/bin/localfleet" ]]; then
+        exec "$venv/bin/localfleet" serve "$backend" "$@"
+    fi
+done
+if command -v localfleet >/dev/null 2>&1; then
+    exec localfleet serve "$backend" "$@"
+fi
+echo "run.sh: no localfleet found (looked in \$LOCALFLEET_VENV, $here/.venv, $here/venv, $repo/.venv and PATH);" \
+    "install it with: pip install '.[$backend]'" >&2
+exit 127
