@@ -1,0 +1,92 @@
+"""faster-whisper (CTranslate2 Whisper): the only module that imports it. Plain types in and out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import ctranslate2
+import faster_whisper
+
+from localfleet.audio import Segment, Transcription, Word
+from localfleet.errors import BadInput
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def cuda_devices() -> int:
+    return int(ctranslate2.get_cuda_device_count())
+
+
+class Transcriber:
+    def __init__(self, model: str, device: str, compute_type: str, threads: int, beam_size: int) -> None:
+        # Threads past the cores only make CTranslate2's pool contend with itself.
+        cpu_threads = min(threads, os.cpu_count() or threads) if threads > 0 else 0
+        self.model = faster_whisper.WhisperModel(
+            model, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+        )
+        self.beam_size = beam_size
+        self.multilingual = bool(self.model.model.is_multilingual)
+        self.languages = set(self.model.supported_languages)
+
+    def start(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str,
+        translate: bool,
+        prompt: str,
+        temperature: float,
+        words: bool,
+        vad_filter: bool,
+    ) -> tuple[Transcription, Iterator[Segment]]:
+        """Language detection and features now; segments lazily, one decoded window at a time.
+
+        Closing the iterator stops decoding: nothing past the segment being decoded is computed.
+        """
+        if language and language not in self.languages:
+            if not self.multilingual:
+                raise BadInput(
+                    f"language {language!r}: this model is English-only; send 'en' or leave it empty, "
+                    "or load a multilingual Whisper model"
+                )
+            raise BadInput(f"language {language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')")
+        if translate and not self.multilingual:
+            raise BadInput("translate: this model is English-only; load a multilingual one to translate")
+        kwargs: dict[str, Any] = {}
+        if temperature > 0:  # 0 keeps Whisper's fallback schedule, which starts at 0
+            kwargs["temperature"] = temperature
+        segments, info = self.model.transcribe(
+            audio,
+            language=language or None,
+            task="translate" if translate else "transcribe",
+            beam_size=self.beam_size,
+            initial_prompt=prompt or None,
+            word_timestamps=words,
+            vad_filter=vad_filter,
+            **kwargs,
+        )
+        duration = float(info.duration)
+        return Transcription(info.language, duration), _plain(segments, duration)
+
+
+def _plain(segments: Iterator[Any], duration: float) -> Iterator[Segment]:
+    def clamp(t: float) -> float:  # Whisper's 20 ms time grid can step past the last sample
+        return min(max(float(t), 0.0), duration)
+
+    try:
+        for index, seg in enumerate(segments):
+            yield Segment(
+                id=index,
+                start=clamp(seg.start),
+                end=clamp(seg.end),
+                text=seg.text,
+                tokens=list(seg.tokens),
+                words=[Word(clamp(w.start), clamp(w.end), w.word) for w in seg.words or ()],
+            )
+    finally:
+        close = getattr(segments, "close", None)
+        if close is not None:
+            close()
