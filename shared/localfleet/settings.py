@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "parent_watch_interval"),
         description="how often to look for the parent, seconds or a Go duration",
     )
+    batch_window_ms: float = Field(
+        2.0, ge=0, description="dynamic batching: ms the first call of a batch waits for others to join"
+    )
+    batch_max_size: int = Field(32, ge=1, description="dynamic batching: most calls in one engine batch")
 
     @field_validator("parent_watch_interval", mode="before")
     @classmethod

@@ -1,0 +1,229 @@
+"""The dynamic batcher: gathering, bounds, per-caller answers, errors, cancellation, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from localfleet.batching import Batcher, BatchLimits
+from localfleet.errors import BadInput, Cancelled, EngineFailure
+
+
+class Engine:
+    """Doubles numbers in batches, recording every batch and the thread it ran on."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+        self.running = 0
+        self.most_at_once = 0
+        self.hold = hold  # when given, a batch waits for it (a long engine step)
+        self.started = threading.Event()
+        self.saw_stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[int], stop: threading.Event) -> Sequence[int | BaseException]:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        self.started.set()
+        try:
+            if self.hold is not None:
+                while not self.hold.wait(0.005):
+                    if stop.is_set():
+                        self.saw_stop.set()
+                        raise EngineFailure("stopped")
+            return [item * 2 for item in items]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+async def test_concurrent_calls_share_one_batch_and_each_gets_its_own_result() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=32))
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert results == [i * 2 for i in range(10)]
+    assert engine.batches == [list(range(10))]
+    assert batcher.batches == 1
+    assert batcher.items == 10
+
+
+async def test_a_batch_never_exceeds_max_size() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=4))
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert results == [i * 2 for i in range(10)]
+    assert [len(b) for b in engine.batches] == [4, 4, 2]
+    assert sorted(i for b in engine.batches for i in b) == list(range(10))
+
+
+async def test_a_full_batch_runs_without_waiting_for_the_window() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=30.0, max_size=3))
+    started = time.monotonic()
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(3))), 10)
+    assert results == [0, 2, 4]
+    assert time.monotonic() - started < 5  # far below the 30 s window
+
+
+async def test_a_lone_call_runs_once_its_window_passes() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.02, max_size=32))
+    started = time.monotonic()
+    assert await asyncio.wait_for(batcher.submit(21), 5) == 42
+    assert time.monotonic() - started >= 0.02
+    assert engine.batches == [[21]]
+
+
+async def test_calls_arriving_while_a_batch_runs_go_in_the_next_one() -> None:
+    hold = threading.Event()
+    engine = Engine(hold)
+    batcher = Batcher(engine, BatchLimits(window=0.0, max_size=32))
+    first = asyncio.ensure_future(batcher.submit(1))
+    assert await asyncio.to_thread(engine.started.wait, 5)
+    later = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0.05)  # the later calls queue behind the running batch
+    assert len(engine.batches) == 1
+    hold.set()
+    assert await first == 2
+    assert await asyncio.gather(*later) == [4, 6, 8]
+    assert engine.batches == [[1], [2, 3, 4]]
+
+
+async def test_batches_run_one_at_a_time_off_the_event_loop() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.0, max_size=2), name="probe")
+    await asyncio.gather(*(batcher.submit(i) for i in range(9)))
+    assert engine.most_at_once == 1
+    assert threading.current_thread().name not in engine.threads
+    assert all(name.startswith("probe") for name in engine.threads)
+
+
+async def test_an_engine_error_reaches_every_caller_of_that_batch_and_the_next_batch_runs() -> None:
+    calls = 0
+
+    def flaky(items: list[int], stop: threading.Event) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise EngineFailure("out of memory in the engine")
+        return [i + 100 for i in items]
+
+    batcher = Batcher(flaky, BatchLimits(window=0.05, max_size=32))
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert isinstance(outcome, EngineFailure)
+        assert "out of memory" in str(outcome)
+    assert await batcher.submit(1) == 101
+
+
+async def test_an_exception_as_a_result_is_raised_to_that_caller_alone() -> None:
+    def picky(items: list[int], stop: threading.Event) -> list[int | BaseException]:
+        return [BadInput(f"{i} is odd") if i % 2 else i for i in items]
+
+    batcher = Batcher(picky, BatchLimits(window=0.05, max_size=32))
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
+    assert outcomes[0] == 0
+    assert outcomes[2] == 2
+    assert isinstance(outcomes[1], BadInput)
+    assert "1 is odd" in str(outcomes[1])
+    assert isinstance(outcomes[3], BadInput)
+
+
+async def test_a_wrong_number_of_results_fails_the_batch_clearly() -> None:
+    def short(items: list[int], stop: threading.Event) -> list[int]:
+        return items[:-1]
+
+    batcher = Batcher(short, BatchLimits(window=0.05, max_size=32))
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, EngineFailure)
+        assert "2 results for a batch of 3" in str(outcome)
+
+
+async def test_a_caller_cancelled_before_its_batch_leaves_it() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.1, max_size=32))
+    tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0)  # all four are queued, inside the window
+    tasks[1].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [results[0], results[2], results[3]] == [0, 4, 6]
+    assert engine.batches == [[0, 2, 3]]
+
+
+async def test_a_caller_whose_stop_flag_is_set_gets_cancelled_and_is_not_run() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=32))
+    stop = threading.Event()
+    stopped = asyncio.ensure_future(batcher.submit(7, stop=stop))
+    kept = asyncio.ensure_future(batcher.submit(8))
+    stop.set()  # e.g. the drain's grace period ended for that call
+    with pytest.raises(Cancelled):
+        await stopped
+    assert await kept == 16
+    assert engine.batches == [[8]]
+
+
+async def test_a_caller_cancelled_mid_batch_waits_for_the_batch_and_others_get_answers() -> None:
+    hold = threading.Event()
+    engine = Engine(hold)
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=32))
+    leaving = asyncio.ensure_future(batcher.submit(1))
+    staying = asyncio.ensure_future(batcher.submit(2))
+    assert await asyncio.to_thread(engine.started.wait, 5)
+    leaving.cancel()
+    await asyncio.sleep(0.05)
+    assert not leaving.done()  # like Call.run: it leaves only once the work it shares has stopped
+    hold.set()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert await staying == 4
+    assert not engine.saw_stop.is_set()  # one caller stayed: the batch ran to the end
+
+
+async def test_when_every_caller_of_a_running_batch_leaves_the_engine_is_told_to_stop() -> None:
+    engine = Engine(threading.Event())  # never released: only the stop event ends the batch
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=32))
+    tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    assert await asyncio.to_thread(engine.started.wait, 5)
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert engine.saw_stop.is_set()
+    # The batcher still serves: a new call gets a new batch (the held engine is released for it).
+    assert engine.hold is not None
+    engine.hold.set()
+    assert await asyncio.wait_for(batcher.submit(5), 5) == 10
+
+
+async def test_close_fails_queued_callers_and_refuses_new_ones() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=10.0, max_size=32))
+    queued = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(batcher.close)  # the runtime unloads in a worker thread
+    with pytest.raises(EngineFailure, match="unloaded"):
+        await asyncio.wait_for(queued, 5)
+    with pytest.raises(EngineFailure, match="unloaded"):
+        await batcher.submit(2)
+    assert engine.batches == []
+
+
+def test_limits_come_from_settings_unless_a_model_option_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALFLEET_BATCH_WINDOW_MS", "7.5")
+    monkeypatch.setenv("LOCALFLEET_BATCH_MAX_SIZE", "12")
+    assert BatchLimits.from_settings() == BatchLimits(window=0.0075, max_size=12)
+    assert BatchLimits.from_settings(window_ms=0, max_size=3) == BatchLimits(window=0.0, max_size=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchLimits(max_size=0)
