@@ -1,16 +1,26 @@
-"""Uploaded audio (wav, mp3, flac, ogg, or anything FFmpeg reads) decoded to mono 16 kHz float32.
+"""Speech to text for every transcription backend: audio decoding and the two transcription RPCs.
 
-Speech backends share this so every one of them accepts the same files and reports a bad file the same
-way. The decoder (PyAV, FFmpeg's libraries) is imported on first use, never at start-up.
+- `decode()`: an uploaded file (wav, mp3, flac, ogg, or anything FFmpeg reads) to mono 16 kHz float32,
+  so every backend accepts the same files and reports a bad one the same way. The decoder (PyAV) is
+  imported on first use, never at start-up.
+- `TranscriptionBackend`: AudioTranscription and AudioTranscriptionStream over an engine that yields
+  plain `Segment`s (times in seconds). Here, the same for every engine: `dst` checked against the path
+  roots, times sent as int64 nanoseconds and kept inside the audio, segment texts joined with single
+  spaces, a stream sending one `delta` per segment as it is decoded (the deltas add up to the final
+  `text`) and then the `final_result`; a caller that leaves stops decoding at the next segment.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from localfleet.errors import BadInput, EngineFailure
+from localfleet.backend import Backend
+from localfleet.call import Call
+from localfleet.errors import BadInput, EngineFailure, NotLoaded
+from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,3 +109,91 @@ class TextJoiner:
         delta = f" {piece}" if self.text else piece
         self.text += delta
         return delta
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a transcription request asks of the engine, as plain values."""
+
+    language: str  # "" = detect
+    translate: bool
+    prompt: str
+    temperature: float  # 0 = the engine's default schedule
+    threads: int  # 0 = the engine's default
+    words: bool  # word timestamps wanted
+
+
+class Transcriber(Protocol):
+    def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
+        """Blocking work up to the first segment (features, language); then segments, lazily.
+
+        Closing the iterator must stop decoding: nothing past the segment in progress is computed.
+        """
+        ...
+
+
+class TranscriptionBackend(Backend):
+    """A speech-to-text backend: sets `self.transcriber` in `load()`, clears it in `unload()`."""
+
+    transcriber: Transcriber | None = None
+
+    async def AudioTranscription(self, request: pb.TranscriptRequest, call: Call) -> pb.TranscriptResult:
+        info, segments = await call.run(self._start, request, call)
+        joiner = TextJoiner()
+        out = []
+        async for segment in call.iterate(iter, segments):
+            joiner.add(segment.text)
+            call.count_tokens(len(segment.tokens))
+            out.append(_to_proto(segment, info.duration))
+        return pb.TranscriptResult(
+            segments=out, text=joiner.text, language=info.language, duration=info.duration
+        )
+
+    async def AudioTranscriptionStream(
+        self, request: pb.TranscriptRequest, call: Call
+    ) -> AsyncIterator[pb.TranscriptStreamResponse]:
+        info, segments = await call.run(self._start, request, call)
+        joiner = TextJoiner()
+        out = []
+        async for segment in call.iterate(iter, segments):
+            delta = joiner.add(segment.text)
+            call.count_tokens(len(segment.tokens))
+            out.append(_to_proto(segment, info.duration))
+            if delta:
+                yield pb.TranscriptStreamResponse(delta=delta)
+        final = pb.TranscriptResult(
+            segments=out, text=joiner.text, language=info.language, duration=info.duration
+        )
+        yield pb.TranscriptStreamResponse(final_result=final)
+
+    def _start(self, request: pb.TranscriptRequest, call: Call) -> tuple[Transcription, Iterator[Segment]]:
+        transcriber = self.transcriber
+        if transcriber is None:
+            raise NotLoaded()
+        samples = decode(call.paths.readable(request.dst, "dst"), "dst")
+        call.raise_if_stopped()
+        asked = Asked(
+            language=request.language.strip(),
+            translate=request.translate,
+            prompt=request.prompt,
+            temperature=request.temperature,
+            threads=request.threads,
+            words="word" in request.timestamp_granularities,
+        )
+        return transcriber.start(samples, asked)
+
+
+def _to_proto(segment: Segment, duration: float) -> pb.TranscriptSegment:
+    def ns(seconds: float) -> int:  # Whisper's 20 ms time grid can step past the last sample
+        return nanoseconds(min(max(seconds, 0.0), duration))
+
+    return pb.TranscriptSegment(
+        id=segment.id,
+        start=ns(segment.start),
+        end=ns(segment.end),
+        text=segment.text.strip(),
+        tokens=segment.tokens,
+        words=[
+            pb.TranscriptWord(start=ns(w.start), end=ns(w.end), text=w.text.strip()) for w in segment.words
+        ],
+    )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import ctranslate2
 import faster_whisper
 
-from localfleet.audio import Segment, Transcription, Word
+from localfleet.audio import Asked, Segment, Transcription, Word
 from localfleet.errors import BadInput
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def cuda_devices() -> int:
 
 
 class Transcriber:
-    def __init__(self, model: str, device: str, compute_type: str, threads: int, beam_size: int) -> None:
+    def __init__(self, model: str, *, device: str, compute_type: str, threads: int, beam_size: int) -> None:
         # Threads past the cores only make CTranslate2's pool contend with itself.
         cpu_threads = min(threads, os.cpu_count() or threads) if threads > 0 else 0
         self.model = faster_whisper.WhisperModel(
@@ -31,21 +31,13 @@ class Transcriber:
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages = set(self.model.supported_languages)
 
-    def start(
-        self,
-        audio: np.ndarray,
-        *,
-        language: str,
-        translate: bool,
-        prompt: str,
-        temperature: float,
-        words: bool,
-        vad_filter: bool,
-    ) -> tuple[Transcription, Iterator[Segment]]:
-        """Language detection and features now; segments lazily, one decoded window at a time.
+    def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
+        """Features and language now; segments lazily, one decoded window at a time.
 
         Closing the iterator stops decoding: nothing past the segment being decoded is computed.
+        `asked.threads` cannot change CTranslate2's pool once loaded; LoadModel's Threads sets it.
         """
+        language = asked.language
         if language and language not in self.languages:
             if not self.multilingual:
                 raise BadInput(
@@ -53,38 +45,34 @@ class Transcriber:
                     "or load a multilingual Whisper model"
                 )
             raise BadInput(f"language {language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')")
-        if translate and not self.multilingual:
+        if asked.translate and not self.multilingual:
             raise BadInput("translate: this model is English-only; load a multilingual one to translate")
         kwargs: dict[str, Any] = {}
-        if temperature > 0:  # 0 keeps Whisper's fallback schedule, which starts at 0
-            kwargs["temperature"] = temperature
+        if asked.temperature > 0:  # 0 keeps Whisper's fallback schedule, which starts at 0
+            kwargs["temperature"] = asked.temperature
         segments, info = self.model.transcribe(
             audio,
             language=language or None,
-            task="translate" if translate else "transcribe",
+            task="translate" if asked.translate else "transcribe",
             beam_size=self.beam_size,
-            initial_prompt=prompt or None,
-            word_timestamps=words,
-            vad_filter=vad_filter,
+            initial_prompt=asked.prompt or None,
+            word_timestamps=asked.words,
+            vad_filter=False,
             **kwargs,
         )
-        duration = float(info.duration)
-        return Transcription(info.language, duration), _plain(segments, duration)
+        return Transcription(info.language, float(info.duration)), _plain(segments)
 
 
-def _plain(segments: Iterator[Any], duration: float) -> Iterator[Segment]:
-    def clamp(t: float) -> float:  # Whisper's 20 ms time grid can step past the last sample
-        return min(max(float(t), 0.0), duration)
-
+def _plain(segments: Iterator[Any]) -> Iterator[Segment]:
     try:
         for index, seg in enumerate(segments):
             yield Segment(
                 id=index,
-                start=clamp(seg.start),
-                end=clamp(seg.end),
+                start=float(seg.start),
+                end=float(seg.end),
                 text=seg.text,
                 tokens=list(seg.tokens),
-                words=[Word(clamp(w.start), clamp(w.end), w.word) for w in seg.words or ()],
+                words=[Word(float(w.start), float(w.end), w.word) for w in seg.words or ()],
             )
     finally:
         close = getattr(segments, "close", None)

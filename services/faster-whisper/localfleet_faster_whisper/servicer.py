@@ -9,20 +9,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from localfleet import audio
-from localfleet.backend import Backend, ModelRef
-from localfleet.call import Call
-from localfleet.errors import NotLoaded
+from localfleet.audio import TranscriptionBackend
+from localfleet.backend import ModelRef
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
-
-if TYPE_CHECKING:
-    from localfleet_faster_whisper.engine import Transcriber
 
 #: faster-whisper's own size names (downloaded from the hub on first use, unless bundled below)
 SIZES = frozenset(
@@ -43,18 +37,13 @@ class WhisperOptions(BackendOptions):
         None, description="CTranslate2 compute type; default int8 on CPU, float16 on CUDA"
     )
     beam_size: int = Field(5, ge=1, le=32)
-    vad_filter: bool = Field(False, description="skip silence with Silero VAD before decoding")
 
 
-class FasterWhisper(Backend):
+class FasterWhisper(TranscriptionBackend):
     name = "faster-whisper"
     Options = WhisperOptions
     # One transcription keeps every core busy; a second at once would only slow both.
     default_concurrency = 1
-
-    def __init__(self) -> None:
-        self._engine: Transcriber | None = None
-        self._vad_filter = False
 
     def refuse(self, model: ModelRef) -> str | None:
         if os.path.isdir(model.path):
@@ -82,64 +71,20 @@ class FasterWhisper(Backend):
         if device == "auto":
             device = "cuda" if request.CUDA or engine.cuda_devices() > 0 else "cpu"
         compute_type = options.compute_type or ("float16" if device == "cuda" else "int8")
-        self._engine = engine.Transcriber(source, device, compute_type, request.Threads, options.beam_size)
-        self._vad_filter = options.vad_filter
-        kind = "multilingual" if self._engine.multilingual else "English-only"
+        transcriber = engine.Transcriber(
+            source,
+            device=device,
+            compute_type=compute_type,
+            threads=request.Threads,
+            beam_size=options.beam_size,
+        )
+        self.transcriber = transcriber
+        kind = "multilingual" if transcriber.multilingual else "English-only"
         return f"Whisper {kind} from {source} on {device} ({compute_type})"
 
     def unload(self) -> str:
-        self._engine = None
+        self.transcriber = None
         return "model released"
-
-    # -- speech to text ---------------------------------------------------------------------------
-    async def AudioTranscription(self, request: pb.TranscriptRequest, call: Call) -> pb.TranscriptResult:
-        info, segments = await call.run(self._start, request, call)
-        joiner = audio.TextJoiner()
-        out = []
-        async for segment in call.iterate(iter, segments):
-            joiner.add(segment.text)
-            call.count_tokens(len(segment.tokens))
-            out.append(_segment(segment))
-        return pb.TranscriptResult(
-            segments=out, text=joiner.text, language=info.language, duration=info.duration
-        )
-
-    async def AudioTranscriptionStream(
-        self, request: pb.TranscriptRequest, call: Call
-    ) -> AsyncIterator[pb.TranscriptStreamResponse]:
-        info, segments = await call.run(self._start, request, call)
-        joiner = audio.TextJoiner()
-        out = []
-        # Each segment goes out as soon as it is decoded; the consumer leaving closes the decoder.
-        async for segment in call.iterate(iter, segments):
-            delta = joiner.add(segment.text)
-            call.count_tokens(len(segment.tokens))
-            out.append(_segment(segment))
-            if delta:
-                yield pb.TranscriptStreamResponse(delta=delta)
-        yield pb.TranscriptStreamResponse(
-            final_result=pb.TranscriptResult(
-                segments=out, text=joiner.text, language=info.language, duration=info.duration
-            )
-        )
-
-    def _start(
-        self, request: pb.TranscriptRequest, call: Call
-    ) -> tuple[audio.Transcription, Iterator[audio.Segment]]:
-        engine = self._engine
-        if engine is None:
-            raise NotLoaded()
-        samples = audio.decode(call.paths.readable(request.dst, "dst"), "dst")
-        call.raise_if_stopped()
-        return engine.start(
-            samples,
-            language=request.language.strip(),
-            translate=request.translate,
-            prompt=request.prompt,
-            temperature=request.temperature,
-            words="word" in request.timestamp_granularities,
-            vad_filter=self._vad_filter,
-        )
 
 
 def _bundled(name: str) -> str | None:
@@ -150,19 +95,3 @@ def _bundled(name: str) -> str | None:
     if importlib.util.find_spec(module) is None:
         return None
     return str(getattr(importlib.import_module(module), getter)())
-
-
-def _segment(segment: audio.Segment) -> pb.TranscriptSegment:
-    return pb.TranscriptSegment(
-        id=segment.id,
-        start=audio.nanoseconds(segment.start),
-        end=audio.nanoseconds(segment.end),
-        text=segment.text.strip(),
-        tokens=segment.tokens,
-        words=[
-            pb.TranscriptWord(
-                start=audio.nanoseconds(w.start), end=audio.nanoseconds(w.end), text=w.text.strip()
-            )
-            for w in segment.words
-        ],
-    )
