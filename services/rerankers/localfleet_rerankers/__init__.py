@@ -1,0 +1,1 @@
+"""localfleet rerankers backend: cross-encoder reranking for LocalAI's Rerank."""

@@ -1,0 +1,118 @@
+"""rerankers: LocalAI's Rerank over cross-encoders, with concurrent requests batched into one pass.
+
+Results come back as core passes them to the user: sorted by descending relevance_score, cut to top_n
+(0 = all), each with the index of its document in the request; usage counts the tokens the model read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from localfleet.backend import Backend, ModelRef
+from localfleet.batching import Batcher, BatchLimits
+from localfleet.call import Call
+from localfleet.errors import BadInput, NotLoaded, Refused
+from localfleet.options import BackendOptions
+from localfleet.proto import backend_pb2 as pb
+
+if TYPE_CHECKING:
+    from localfleet_rerankers.engine import Ranker, Scored
+
+log = logging.getLogger(__name__)
+
+#: ModelOptions.Type -> the rerankers library's model_type ("" = sentence-transformers' CrossEncoder)
+TYPES = {
+    "": "",
+    "cross-encoder": "",
+    "crossencoder": "",
+    "sentence-transformers": "",
+    "t5": "t5",
+}
+_OTHER_FORMATS = (".gguf", ".ggml", ".onnx", ".bin", ".pt", ".pth")
+
+
+class RerankersOptions(BackendOptions):
+    device: str | None = Field(None, description="cpu, cuda, cuda:1; default cuda when available")
+    batch_window_ms: float | None = Field(None, ge=0, description="default LOCALFLEET_BATCH_WINDOW_MS")
+    batch_max_size: int | None = Field(None, ge=1, description="default LOCALFLEET_BATCH_MAX_SIZE")
+
+
+class Rerankers(Backend):
+    name = "rerankers"
+    Options = RerankersOptions
+    # Concurrent Rerank calls must be admitted together for the batcher to gather them.
+    default_concurrency = 32
+
+    def __init__(self) -> None:
+        self._ranker: Ranker | None = None
+        self._batcher: Batcher[tuple[str, list[str]], Scored] | None = None
+
+    def refuse(self, model: ModelRef) -> str | None:
+        if "://" in model.name:
+            return "it serves model folders and Hugging Face model ids, not URLs"
+        path = Path(model.path)
+        if path.suffix.lower() in _OTHER_FORMATS or path.is_file():
+            return f"{model.path!r} is a single file; a reranking model is a folder (config.json, weights)"
+        if path.is_absolute() and not path.exists():
+            return f"model folder {model.path!r} does not exist on this machine"
+        if path.is_dir() and not (path / "config.json").is_file():
+            return f"{model.path!r} has no config.json: it is not a transformers model folder"
+        return None
+
+    def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
+        assert isinstance(options, RerankersOptions)
+        model_type = TYPES.get(request.Type.lower())
+        if model_type is None:
+            served = ", ".join(repr(t) for t in TYPES if t)
+            raise Refused(f"Type {request.Type!r} is not served here; leave it empty or use one of {served}")
+        from localfleet_rerankers.engine import LoadSpec, load  # torch: imported with the first model
+
+        ranker = load(
+            LoadSpec(
+                path=model.path,
+                model_type=model_type,
+                lang=request.PipelineType or "en",  # LocalAI's rerankers backend reads the language here
+                device=options.device or "",
+                trust_remote_code=request.TrustRemoteCode,
+            )
+        )
+        limits = BatchLimits.from_settings(options.batch_window_ms, options.batch_max_size)
+        self._ranker = ranker
+        self._batcher = Batcher(ranker.score, limits, name="rerankers")
+        return f"{ranker.name}; requests batched up to {limits.max_size} within {limits.window * 1e3:g} ms"
+
+    def unload(self) -> str:
+        if self._batcher is not None:
+            self._batcher.close()
+        self._ranker, self._batcher = None, None
+        return "model released"
+
+    def memory(self) -> dict[str, int]:
+        ranker = self._ranker
+        return {"weights": ranker.nbytes()} if ranker is not None else {}
+
+    async def Rerank(self, request: pb.RerankRequest, call: Call) -> pb.RerankResult:
+        if not request.query:
+            raise BadInput("Rerank needs a query")
+        if not request.documents:
+            raise BadInput("Rerank needs at least one document in documents")
+        if request.top_n < 0:
+            raise BadInput(f"top_n must be >= 0 (0 = all documents), got {request.top_n}")
+        if self._batcher is None:
+            raise NotLoaded()
+        documents = list(request.documents)
+        scored = await self._batcher.submit((request.query, documents), stop=call.stop)
+        # Stable: documents with equal scores keep their request order.
+        order = sorted(range(len(documents)), key=lambda i: scored.scores[i], reverse=True)
+        if request.top_n:
+            order = order[: request.top_n]
+        return pb.RerankResult(
+            usage=pb.Usage(total_tokens=scored.tokens, prompt_tokens=scored.tokens),
+            results=[
+                pb.DocumentResult(index=i, text=documents[i], relevance_score=scored.scores[i]) for i in order
+            ],
+        )

@@ -1,0 +1,1 @@
+"""localfleet transformers backend: embeddings and causal-LM generation on Hugging Face transformers."""

