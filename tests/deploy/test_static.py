@@ -176,21 +176,32 @@ def test_kustomization_builds_valid_objects() -> None:
 
 
 def test_k8s_deployment_probes_grpc_health_as_non_root() -> None:
-    [deployment] = [d for d in _k8s_documents() if d["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    [container] = pod["containers"]
-    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port, probe
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    store_dir = next(e["value"] for e in container["env"] if e["name"] == "LOCALFLEET_STORE_DIR")
-    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert store_dir in mounted, "the store directory is not on a volume"
-    [service] = [d for d in _k8s_documents() if d["kind"] == "Service"]
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    deployments = [d for d in _k8s_documents() if d["kind"] == "Deployment"]
+    assert "local-store" in {d["metadata"]["name"] for d in deployments}
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, probe
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        if deployment["metadata"]["name"] == "local-store":
+            assert any(e["name"] == "LOCALFLEET_STORE_DIR" for e in container["env"])
+        for env in container["env"]:
+            if env["name"] in {"LOCALFLEET_STORE_DIR", "HF_HOME"}:  # data that must outlive the pod
+                assert any(env["value"].startswith(path) for path in mounted), (
+                    f"{env['name']} is not on a volume"
+                )
+        [service] = [
+            d
+            for d in _k8s_documents()
+            if d["kind"] == "Service" and d["metadata"]["name"] == deployment["metadata"]["name"]
+        ]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
 def test_backends_index_entries_resolve() -> None:

