@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import threading
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -89,16 +89,15 @@ def write_wav(dst: Path, utterance: Utterance, stop: threading.Event) -> Written
     """
     if dst.is_dir():
         raise BadInput(f"dst {str(dst)!r} is a folder; send the path of the .wav file to write")
+    # Created like any new file (0666 less the umask), so core can read it as it reads its own files.
+    partial = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
     try:
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  # closed below, or removed on failure
-            dir=dst.parent, prefix=f".{dst.name}.", suffix=".part", delete=False
-        )
+        handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     except OSError as exc:
         raise EngineFailure(
             f"cannot write in {str(dst.parent)!r}: {exc.strerror or exc} (this backend runs as uid "
             f"{os.getuid()}; the folder must be writable by it)"
         ) from None
-    partial = Path(handle.name)
     try:
         frames = 0
         with handle, wave.open(handle, "wb") as wav:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -109,6 +111,10 @@ async def test_tts_replaces_an_existing_file_and_leaves_no_temporary_file(piper:
     assert (await tts(piper, dst)).success
     assert read_wav(dst).frames > 0
     assert [p.name for p in folder.iterdir()] == ["out.wav"]
+    # Permissions of any new file (not a private temporary's 0600): core may read it as another user.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o666 & ~umask
 
 
 async def test_a_stopped_tts_leaves_no_file(piper: Served, roots: Path) -> None:

@@ -6,6 +6,7 @@ kokoro-onnx uses every execution provider of an accelerated onnxruntime build wh
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from kokoro_onnx.config import SAMPLE_RATE
 SENTENCE_PAUSE = 0.25
 # After . ! ? ; : and a space, after the CJK full stop, ! and ? (no space follows them), or a line break.
 _SENTENCE_END = re.compile("(?<=[.!?;:])\\s+|(?<=[\u3002\uff01\uff1f])\\s*|\n+")
+
+
+# phonemizer warns on every sentence that its word count differs after punctuation handling; noise here.
+logging.getLogger("phonemizer").setLevel(logging.ERROR)
 
 
 @dataclass
