@@ -20,7 +20,7 @@ from grpclib.exceptions import GRPCError
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_rerankers.servicer import Rerankers
-from tests.transformers.models import build_cross_encoder
+from tests.transformers.models import build_cross_encoder, build_tiny_t5_ranker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -154,3 +154,21 @@ async def test_an_api_reranker_type_is_refused_naming_the_served_ones(cross_enco
         assert not result.success
         assert "'cohere'" in result.message
         assert "'t5'" in result.message
+
+
+async def test_a_t5_reranker_runs_through_the_rerankers_library(tmp_path: Path) -> None:
+    from rerankers import Reranker
+
+    folder = build_tiny_t5_ranker(tmp_path)
+    async with serving(Rerankers()) as served:
+        loaded = await served.client.backend.LoadModel(pb.ModelOptions(Model=str(folder), Type="t5"))
+        assert loaded.success, loaded.message
+        assert "T5Ranker" in loaded.message
+        result = await rerank(served, QUERY, DOCUMENTS, top_n=3)
+    library = Reranker(str(folder), model_type="t5", verbose=0, device="cpu")
+    expected = library.rank(query=QUERY, docs=DOCUMENTS, doc_ids=list(range(len(DOCUMENTS))))
+    best = [(int(r.document.doc_id), float(r.score)) for r in expected.results][:3]
+    assert [r.index for r in result.results] == [i for i, _ in best]
+    assert [r.relevance_score for r in result.results] == pytest.approx([s for _, s in best], abs=1e-5)
+    prompts = [library.inputs_template.format(query=QUERY, text=d) for d in DOCUMENTS]
+    assert result.usage.total_tokens == sum(len(library.tokenizer(p)["input_ids"]) for p in prompts)

@@ -134,8 +134,13 @@ class LibraryRanker(Ranker):
         return out
 
     def _tokens(self, query: str, docs: list[str]) -> int:
-        if self.tokenizer is None:  # API-less library rankers without a tokenizer: count words
+        """What the model read: the ranker's own prompt (monoT5's template) or the query/document pair."""
+        if self.tokenizer is None:  # a ranker without a tokenizer: count words
             return sum(len(query.split()) + len(doc.split()) for doc in docs)
+        template = getattr(self.ranker, "inputs_template", None)
+        if isinstance(template, str):
+            texts = [template.format(query=query, text=doc) for doc in docs]
+            return sum(len(ids) for ids in self.tokenizer(texts, truncation=True)["input_ids"])
         return sum(len(self.tokenizer(query, doc, truncation=True)["input_ids"]) for doc in docs)
 
     def nbytes(self) -> int:
