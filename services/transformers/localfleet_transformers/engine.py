@@ -31,10 +31,12 @@ from transformers import (
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
+from transformers.utils import logging as hf_logging
 
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
 
 log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
 
 Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
