@@ -9,7 +9,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 # Every backend whose engine installs offline on a CPU machine; the tests use all of them.
-EXTRAS = "local-store,dev,deploy,faster-whisper,faster-whisper-models,speech-clips,silero-vad,silero-vad-models,whisper,piper,kokoro,transformers,rerankers"
+EXTRAS = "local-store,dev,deploy,faster-whisper,speech-clips,silero-vad,silero-vad-models,whisper,piper,kokoro,transformers,rerankers"
 
 
 @nox.session
