@@ -4,14 +4,15 @@ LocalAI sends one Embedding call per input text, so a burst of texts arrives as 
 runs a batch of 32 short texts in about the time it takes for a few single ones; the batcher turns
 concurrent calls into such batches:
 
-    batcher = Batcher(engine.embed, window=0.002, max_size=32)
+    batcher = Batcher(engine.embed, BatchLimits(window=0.002, max_size=32))
     vector = await batcher.submit(text, stop=call.stop)
 
-The first call to arrive while no batch is waiting opens a window (a few ms); calls arriving within it
-join, up to `max_size`. Calls that arrive while a batch runs wait for it and go in the next one. One
-batch runs at a time, in the batcher's own worker thread: `fn(items, stop)` gets the items in arrival
-order and returns one result per item, in the same order; a result that is an exception is raised to
-that caller alone. An exception raised by `fn` is raised to every caller of that batch.
+When the engine is free and a call is waiting, a batch opens; it takes every call that arrives until
+`window` (a few ms) passes without a new one, or `max_size` calls are in, or MAX_WINDOWS windows have
+passed. Calls that arrive while a batch runs wait for it and go in the next one. One batch runs at a
+time, in the batcher's own worker thread: `fn(items, stop)` gets the items in arrival order and returns
+one result per item, in the same order; a result that is an exception is raised to that caller alone.
+An exception raised by `fn` is raised to every caller of that batch.
 
 Cancellation: a caller that goes away before its batch starts leaves it; one whose `stop` flag (the
 call's) is set by then gets `Cancelled`. A caller cancelled while its batch runs waits for the batch to
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: the longest a batch stays open while calls keep arriving, in windows
+MAX_WINDOWS = 4
 
 #: a batch function: items in arrival order and a stop event -> one result (or exception) per item
 BatchFn = Callable[[list[T], threading.Event], Sequence[R | BaseException]]
@@ -176,9 +180,18 @@ class Batcher(Generic[T, R]):
             self._answer(batch, results)
 
     async def _gather(self, arrived: asyncio.Event) -> None:
-        """Wait until the oldest pending call's window has passed or a full batch is waiting."""
+        """Hold the batch open while calls keep coming.
+
+        It closes when `window` passes with no new call (counting from when the engine became free, so
+        callers just answered have time to send their next call), when it is full, or at the latest
+        MAX_WINDOWS windows after the engine became free.
+        """
+        window = self.limits.window
+        opened = time.monotonic()
+        latest = opened + window * MAX_WINDOWS
         while self._pending and len(self._pending) < self.limits.max_size:
-            left = self._pending[0].arrived + self.limits.window - time.monotonic()
+            quiet_until = max(opened, self._pending[-1].arrived) + window
+            left = min(quiet_until, latest) - time.monotonic()
             if left <= 0:
                 return
             arrived.clear()

@@ -82,6 +82,29 @@ async def test_a_lone_call_runs_once_its_window_passes() -> None:
     assert engine.batches == [[21]]
 
 
+async def test_a_batch_stays_open_while_calls_keep_coming() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.2, max_size=32))
+    tasks = []
+    for i in range(3):  # 0.3 s in all: past one window from the first, but never 0.2 s without a call
+        tasks.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.1)
+    assert await asyncio.gather(*tasks) == [0, 2, 4]
+    assert engine.batches == [[0, 1, 2]]
+
+
+async def test_a_steady_trickle_cannot_hold_a_batch_open_forever() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.05, max_size=32))
+    tasks = []
+    for i in range(12):  # one call every 30 ms for 0.36 s: longer than MAX_WINDOWS windows
+        tasks.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.03)
+    assert await asyncio.gather(*tasks) == [i * 2 for i in range(12)]
+    assert len(engine.batches) > 1
+    assert sorted(i for b in engine.batches for i in b) == list(range(12))
+
+
 async def test_calls_arriving_while_a_batch_runs_go_in_the_next_one() -> None:
     hold = threading.Event()
     engine = Engine(hold)
