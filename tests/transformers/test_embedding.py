@@ -150,3 +150,19 @@ async def test_an_unknown_type_fails_the_load_naming_the_served_ones(minilm: str
         assert not result.success
         assert "MusicgenForCausalLM" in result.message
         assert "sentencetransformer" in result.message
+
+
+@pytest.mark.gpu
+async def test_on_a_gpu_the_model_loads_there_and_status_counts_its_memory(minilm: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    async with serving(Transformers()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=minilm))
+        assert result.success, result.message
+        assert " on cuda" in result.message
+        food, bread = [vector(await embed(served, t)) for t in (FOOD, BREAD)]
+        assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+        status = await served.client.backend.Status(pb.HealthMessage())
+        assert any(k.startswith("gpu") and v > 0 for k, v in status.memory.breakdown.items())
