@@ -17,16 +17,7 @@ from grpclib.exceptions import GRPCError
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_kokoro.servicer import BUNDLED, Kokoro
-from tests.piper.speech_checks import (
-    SENTENCE,
-    SENTENCES,
-    plausible_seconds,
-    read_wav,
-    stream,
-    transcribe,
-    words,
-    write_wav,
-)
+from tests.piper.speech_checks import check_stream_round_trip, check_wav_round_trip, error_of, stream, tts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -47,43 +38,15 @@ async def kokoro(roots: Path) -> AsyncIterator[Served]:
         yield served
 
 
-async def tts(served: Served, dst: Path, text: str = "Hi.", **fields: object) -> pb.Result:
-    result: pb.Result = await served.client.backend.TTS(
-        pb.TTSRequest(text=text, dst=str(dst), **fields)  # type: ignore[arg-type]
-    )
-    return result
-
-
-async def error_of(served: Served, dst: Path, text: str = "Hi.", **fields: object) -> GRPCError:
-    with pytest.raises(GRPCError) as err:
-        await tts(served, dst, text, **fields)
-    return err.value
-
-
 async def test_tts_writes_a_wav_that_whisper_hears_back(kokoro: Served, whisper: Served, roots: Path) -> None:
-    dst = roots / "hello.wav"
-    result = await tts(kokoro, dst, SENTENCE)
-    assert result.success, result.message
-    wav = read_wav(dst)
-    assert (wav.rate, wav.channels, wav.width) == (RATE, 1, 2)
-    low, high = plausible_seconds(SENTENCE)
-    assert low < wav.seconds < high
-    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
+    await check_wav_round_trip(kokoro, whisper, roots / "hello.wav", RATE)
     assert os.listdir(roots) == ["hello.wav"]  # no temporary file left behind
 
 
 async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
     kokoro: Served, whisper: Served, roots: Path
 ) -> None:
-    text = " ".join(SENTENCES)
-    streamed = await stream(kokoro, pb.TTSRequest(text=text))
-    assert streamed.header == {"sample_rate": RATE, "channels": 1, "sample_format": "s16le"}
-    assert len(streamed.replies) == len(SENTENCES)
-    assert all(r.audio and len(r.audio) % 2 == 0 for r in streamed.replies)
-    assert not any(r.message for r in streamed.replies[1:])
-    assert streamed.arrived[0] < 0.7 * streamed.took
-    clip = write_wav(roots / "streamed.wav", streamed.pcm, RATE)
-    assert words(await transcribe(whisper, clip)) == words(text)
+    await check_stream_round_trip(kokoro, whisper, roots, RATE)
 
 
 async def test_voice_and_language_are_honoured(kokoro: Served, roots: Path) -> None:

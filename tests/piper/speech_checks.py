@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
+from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
@@ -119,3 +121,46 @@ async def stream(served: Served, request: pb.TTSRequest) -> Streamed:
             out.replies.append(reply)
     out.took = time.perf_counter() - started
     return out
+
+
+async def tts(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> pb.Result:
+    result: pb.Result = await served.client.backend.TTS(
+        pb.TTSRequest(text=text, dst=str(dst), **fields)  # type: ignore[arg-type]
+    )
+    return result
+
+
+async def error_of(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> GRPCError:
+    with pytest.raises(GRPCError) as err:
+        await tts(served, dst, text, **fields)
+    return err.value
+
+
+async def check_wav_round_trip(served: Served, whisper: Served, dst: Path, rate: int) -> pb.Result:
+    """TTS writes a complete 16-bit mono WAV of plausible length that Whisper hears as the text."""
+    result = await tts(served, dst, SENTENCE)
+    assert result.success, result.message
+    wav = read_wav(dst)
+    assert (wav.rate, wav.channels, wav.width) == (rate, 1, 2)
+    low, high = plausible_seconds(SENTENCE)
+    assert low < wav.seconds < high
+    assert f"{wav.seconds:.2f} s" in result.message
+    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
+    return result
+
+
+async def check_stream_round_trip(served: Served, whisper: Served, folder: Path, rate: int) -> Streamed:
+    """TTSStream sends the format header first, then one PCM chunk per sentence, as each is ready."""
+    text = " ".join(SENTENCES)
+    streamed = await stream(served, pb.TTSRequest(text=text))
+    assert streamed.header == {"sample_rate": rate, "channels": 1, "sample_format": "s16le"}
+    assert [bool(r.message) for r in streamed.replies] == [True] + [False] * (len(streamed.replies) - 1)
+    assert len(streamed.replies) == len(SENTENCES)
+    assert all(r.audio and len(r.audio) % 2 == 0 for r in streamed.replies)
+    # The first sentence arrives while the others are still being synthesized, not with them at the end.
+    assert streamed.arrived[0] < 0.7 * streamed.took
+    clip = write_wav(folder / "streamed.wav", streamed.pcm, rate)
+    low, high = plausible_seconds(text)
+    assert low < read_wav(clip).seconds < high
+    assert words(await transcribe(whisper, clip)) == words(text)
+    return streamed

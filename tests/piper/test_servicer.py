@@ -22,14 +22,13 @@ from localfleet.testing import Served, serving, spawn
 from localfleet_piper.servicer import Piper
 from localfleet_piper.voices import bundled
 from tests.piper.speech_checks import (
-    SENTENCE,
     SENTENCES,
-    plausible_seconds,
+    check_stream_round_trip,
+    check_wav_round_trip,
+    error_of,
     read_wav,
     stream,
-    transcribe,
-    words,
-    write_wav,
+    tts,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -77,30 +76,9 @@ async def voices(models: Path, roots: Path) -> AsyncIterator[Served]:
         yield served
 
 
-async def tts(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> pb.Result:
-    result: pb.Result = await served.client.backend.TTS(
-        pb.TTSRequest(text=text, dst=str(dst), **fields)  # type: ignore[arg-type]
-    )
-    return result
-
-
-async def error_of(served: Served, dst: Path, text: str = "Good morning.", **fields: object) -> GRPCError:
-    with pytest.raises(GRPCError) as err:
-        await tts(served, dst, text, **fields)
-    return err.value
-
-
 # -- TTS ---------------------------------------------------------------------------------------
 async def test_tts_writes_a_wav_that_whisper_hears_back(piper: Served, whisper: Served, roots: Path) -> None:
-    dst = roots / "hello.wav"
-    result = await tts(piper, dst, SENTENCE)
-    assert result.success, result.message
-    wav = read_wav(dst)
-    assert (wav.rate, wav.channels, wav.width) == (RATE, 1, 2)
-    low, high = plausible_seconds(SENTENCE)
-    assert low < wav.seconds < high
-    assert f"{wav.seconds:.2f} s" in result.message
-    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
+    await check_wav_round_trip(piper, whisper, roots / "hello.wav", RATE)
 
 
 async def test_tts_replaces_an_existing_file_and_leaves_no_temporary_file(piper: Served, roots: Path) -> None:
@@ -134,18 +112,7 @@ async def test_a_stopped_tts_leaves_no_file(piper: Served, roots: Path) -> None:
 async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
     piper: Served, whisper: Served, roots: Path
 ) -> None:
-    text = " ".join(SENTENCES)
-    streamed = await stream(piper, pb.TTSRequest(text=text))
-    assert streamed.header == {"sample_rate": RATE, "channels": 1, "sample_format": "s16le"}
-    assert [bool(r.message) for r in streamed.replies] == [True] + [False] * (len(streamed.replies) - 1)
-    assert len(streamed.replies) == len(SENTENCES)
-    assert all(r.audio and len(r.audio) % 2 == 0 for r in streamed.replies)
-    # The first sentence arrives while the others are still being synthesized, not with them at the end.
-    assert streamed.arrived[0] < 0.7 * streamed.took
-    clip = write_wav(roots / "streamed.wav", streamed.pcm, RATE)
-    low, high = plausible_seconds(text)
-    assert low < read_wav(clip).seconds < high
-    assert words(await transcribe(whisper, clip)) == words(text)
+    await check_stream_round_trip(piper, whisper, roots, RATE)
 
 
 async def test_stream_of_punctuation_only_is_invalid(piper: Served) -> None:
