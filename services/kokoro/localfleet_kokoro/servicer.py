@@ -87,6 +87,8 @@ class Kokoro(SpeechBackend):
         else:
             raise Refused(f"no file {model.path!r}")
         loaded = engine.load(path, voices)
+        if not loaded.voices:
+            raise Refused(f"{voices.name} holds no voices")
         voice = options.voice or loaded.voices[0]
         if voice not in loaded.voices:
             raise Refused(
