@@ -12,6 +12,10 @@
 #   BUILD_TYPE  cpu (default) | cublas12 | hipblas | intel | vulkan: the accelerator flavour, as
 #               LocalAI names it. cublas12 adds the `nvidia` group (GPU memory in Status); backends
 #               with native engines read it to choose their wheels. local-store is the same on all.
+#               faster-whisper: CTranslate2's PyPI wheels carry the CUDA kernels but load cuBLAS 12 and
+#               cuDNN 9 at run time, so a cublas12 build needs a BASE_IMAGE with the CUDA 12 runtime
+#               and cuDNN 9.
+#               whisper: pywhispercpp's wheel is a CPU build (a GPU whisper.cpp builds from source).
 # Packages come from build/wheelhouse/ with --no-index when it holds wheels (scripts/
 # build-wheelhouse.sh), so the build needs no package index; without a wheelhouse pip uses the index.
 ARG BASE_IMAGE=python:3.11-slim-bookworm

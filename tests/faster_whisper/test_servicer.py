@@ -238,3 +238,16 @@ async def test_before_load_a_transcription_is_failed_precondition(speech_clip: C
     async with serving(FasterWhisper()) as served:
         err = await error_of(served, speech_clip.path)
         assert err.status == Status.FAILED_PRECONDITION
+
+
+@pytest.mark.gpu
+async def test_on_cuda_the_default_is_float16(speech_clip: Clip) -> None:
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        pytest.skip("no CUDA device")
+    async with serving(FasterWhisper()) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(Model="tiny.en"))
+        assert result.success, result.message
+        assert "on cuda (float16)" in result.message
+        assert (await transcribe(served, speech_clip.path)).text == SENTENCE
