@@ -90,6 +90,7 @@ class SileroVAD(Backend):
             raise NotLoaded()
         audio: np.ndarray = np.asarray(samples, dtype=np.float32)
         _check_pcm(audio)
+        audio = np.clip(audio, -1.0, 1.0)
         options = self._options
         probs = detector.probabilities(audio, stop)
         return speech_segments(
@@ -103,7 +104,7 @@ def _check_pcm(audio: np.ndarray) -> None:
     if not np.isfinite(audio).all():
         raise BadInput("VAD audio holds NaN or infinite samples; send float32 PCM in [-1, 1]")
     peak = float(np.abs(audio).max())
-    if peak > 1.0001:
+    if peak > 2:  # not PCM in [-1, 1] (a little overshoot from resampling is clipped below)
         raise BadInput(
             f"VAD audio peaks at {peak:g}, outside [-1, 1]: send float32 PCM scaled to [-1, 1] (divide "
             "16-bit samples by 32768), mono at 16 kHz"
