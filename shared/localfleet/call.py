@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import threading
 import time
@@ -77,8 +76,7 @@ class Call:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             self.stop.set()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(future)
+            await _until_done(future)
             raise
 
     async def iterate(
@@ -118,8 +116,24 @@ class Call:
                 yield item  # type: ignore[misc]  # items are the generator's T; the queue is untyped
         finally:
             self.stop.set()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(future)
+            await _until_done(future)
+
+
+async def _until_done(future: asyncio.Future[T]) -> None:
+    """Wait for worker-thread work to end, however often this task is cancelled meanwhile.
+
+    grpclib may cancel a handler twice (deadline, then stream reset): the slot must stay taken until the
+    engine has really stopped, so a later cancellation does not cut this wait short.
+    """
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:  # the work's own error: the caller already has its answer
+            break
+    if not future.cancelled():
+        future.exception()  # mark it retrieved: no "exception was never retrieved" noise
 
 
 class _Raised:
