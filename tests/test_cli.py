@@ -91,6 +91,7 @@ def test_up_prints_the_line_for_core_restarts_a_crashed_backend_and_stops_cleanl
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = subprocess.Popen(
         [sys.executable, "-m", "localfleet", "up", "local-store", "--model", "local-store=store://default"],
+        start_new_session=True,  # its own process group, like a shell job
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,8 +111,14 @@ def test_up_prints_the_line_for_core_restarts_a_crashed_backend_and_stops_cleanl
                 break
         else:
             pytest.fail("the crashed backend was not restarted")
-        up.send_signal(signal.SIGINT)
+        backend = psutil.Process(_child_pid(up.pid))
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
         assert up.wait(30) == 0
+        backend.wait(30)
+        assert up.stderr is not None
+        log = up.stderr.read()
+        assert "local-store stopped" in log  # drained by `up`, not cut short by a second signal
+        assert "exiting now" not in log
         assert cli("call", addr, "health", "--timeout", "1").returncode == 1
     finally:
         if up.poll() is None:

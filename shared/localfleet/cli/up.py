@@ -95,7 +95,9 @@ async def _fleet(children: list[Child], start_timeout: float) -> int:
 
 
 async def _start(child: Child) -> None:
-    child.process = await asyncio.create_subprocess_exec(*child.argv)
+    # Its own session: a terminal's Ctrl-C reaches only `up`, which then drains each child with one
+    # SIGTERM (a second signal would make a child exit at once). If `up` dies, the parent watch ends them.
+    child.process = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True)
     child.started = time.monotonic()
     log.info("started %s on %s (pid %d)", child.name, child.addr, child.process.pid)
 
