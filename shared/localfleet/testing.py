@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -67,15 +68,21 @@ class Process:
     popen: subprocess.Popen[str]
     addr: str
     started: float  # time.monotonic() just before the process was started
-    listening: float  # when its log said it was serving
+    listening: float  # when its port first accepted a connection
+    log: list[str]  # its stderr lines so far
 
 
 @contextmanager
 def spawn(
     backend: str, *args: str, env: dict[str, str] | None = None, timeout: float = 20
 ) -> Iterator[Process]:
-    """Run `python -m localfleet serve BACKEND` on a free port; wait for its 'serving on' log line."""
+    """Run `python -m localfleet serve BACKEND` on a free port; return once its port accepts connections.
+
+    Its stderr is read all along by a thread (so a chatty server never blocks on a full pipe) and kept
+    in `Process.log` for assertions.
+    """
     addr = f"127.0.0.1:{free_port()}"
+    host, port = addr.rsplit(":", 1)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     started = time.monotonic()
     popen = subprocess.Popen(
@@ -85,23 +92,36 @@ def spawn(
         text=True,
         env=full_env,
     )
+    log: list[str] = []
+    reader = threading.Thread(target=_collect, args=(popen, log), daemon=True)
+    reader.start()
     try:
-        assert popen.stderr is not None
         deadline = started + timeout
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = popen.stderr.readline()
-            if not line:
-                raise RuntimeError(f"{backend} exited before serving:\n{''.join(lines)}")
-            lines.append(line)
-            if " serving on " in line:
-                break
-        else:
-            raise TimeoutError(f"{backend} did not serve within {timeout} s:\n{''.join(lines)}")
-        yield Process(popen, addr, started, time.monotonic())
+        while True:
+            if popen.poll() is not None:
+                reader.join(5)
+                raise RuntimeError(
+                    f"{backend} exited with {popen.returncode} before serving:\n{''.join(log)}"
+                )
+            try:
+                with socket.create_connection((host, int(port)), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{backend} did not listen within {timeout} s:\n{''.join(log)}"
+                    ) from None
+                time.sleep(0.01)  # a retry pause while the port opens, not a wait for a result
+        yield Process(popen, addr, started, time.monotonic(), log)
     finally:
         if popen.poll() is None:
             popen.kill()
         popen.wait()
-        if popen.stderr:
-            popen.stderr.close()
+        reader.join(5)
+
+
+def _collect(popen: subprocess.Popen[str], log: list[str]) -> None:
+    assert popen.stderr is not None
+    for line in popen.stderr:
+        log.append(line)
+    popen.stderr.close()
