@@ -224,12 +224,12 @@ async def test_bad_options_fail_the_load(piper: Served) -> None:
 async def test_serve_with_the_bundled_voice_as_start_up_model(tmp_path: Path) -> None:
     # What `localfleet up piper --model piper=en_US-joe-medium.onnx` starts for each backend.
     with spawn("piper", "--model", VOICE, timeout=60) as process:
-        assert process.popen.stderr is not None
-        for line in process.popen.stderr:  # the runtime logs the start-up model's load
-            if f"loaded '{VOICE}'" in line:
-                break
         async with connect(process.addr) as client:
-            assert await client.ready()
+            deadline = time.monotonic() + 60
+            while not await client.ready():  # readiness turns SERVING once the start-up voice is loaded
+                assert time.monotonic() < deadline, "".join(process.log)
+                await asyncio.sleep(0.05)
+            assert any(f"loaded '{VOICE}'" in line for line in process.log)
             result = await client.backend.TTS(pb.TTSRequest(text="Ready.", dst=str(tmp_path / "r.wav")))
     assert result.success, result.message
     assert read_wav(tmp_path / "r.wav").rate == RATE
