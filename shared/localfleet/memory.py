@@ -12,8 +12,12 @@ import psutil
 log = logging.getLogger(__name__)
 
 
+def rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
 def process_memory() -> dict[str, int]:
-    figures = {"rss": psutil.Process().memory_info().rss}
+    figures = {"rss": rss()}
     figures.update(_gpu_memory())
     return figures
 
@@ -24,11 +28,20 @@ def _gpu_memory() -> dict[str, int]:
     figures = _nvml_process_memory()
     if figures:
         return figures
-    torch: Any = sys.modules.get("torch")  # never import torch just to report on it
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        for device in range(torch.cuda.device_count()):
-            figures[f"gpu{device}"] = int(torch.cuda.memory_reserved(device))
+    cuda = _torch_cuda()
+    if cuda is not None and cuda.is_available() and cuda.is_initialized():
+        for device in range(cuda.device_count()):
+            figures[f"gpu{device}"] = int(cuda.memory_reserved(device))
     return figures
+
+
+def _torch_cuda() -> Any:
+    """torch.cuda if torch is already imported, else None: never import torch just to report on it.
+
+    A backend may be importing torch in its load thread right now: a half-imported module has no
+    `cuda` yet, and Status must still answer.
+    """
+    return getattr(sys.modules.get("torch"), "cuda", None)
 
 
 def _nvml_process_memory() -> dict[str, int]:
@@ -57,6 +70,6 @@ def _nvml_process_memory() -> dict[str, int]:
 
 def release_device_caches() -> None:
     """After a model is dropped: hand cached device memory back to the driver, where torch holds some."""
-    torch: Any = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    cuda = _torch_cuda()
+    if cuda is not None and cuda.is_available() and cuda.is_initialized():
+        cuda.empty_cache()

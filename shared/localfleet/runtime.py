@@ -167,11 +167,12 @@ class Runtime:
             return pb.Result(success=True, message=message or f"freed {name}")
 
     def status(self) -> pb.StatusResponse:
-        figures = memory.process_memory()
         try:
+            figures = memory.process_memory()
             figures.update(self.backend.memory() if self.state is State.READY else {})
         except Exception:  # Status must answer even when an engine cannot count its memory
-            log.exception("backend memory figures failed")
+            log.exception("memory figures failed")
+            figures = {"rss": memory.rss()}
         total = figures.get("rss", 0) + sum(v for k, v in figures.items() if k.startswith("gpu"))
         state = self.state.value
         if self.state is State.READY and self.admission.running:
