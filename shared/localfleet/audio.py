@@ -122,6 +122,20 @@ class Asked:
     threads: int  # 0 = the engine's default
     words: bool  # word timestamps wanted
 
+    def check_language(self, languages: set[str], multilingual: bool) -> None:
+        """Refuse a language or translation the loaded Whisper model cannot do, naming what it can."""
+        if self.language and self.language not in languages:
+            if not multilingual:
+                raise BadInput(
+                    f"language {self.language!r}: this model is English-only; send 'en' or leave it empty, "
+                    "or load a multilingual Whisper model"
+                )
+            raise BadInput(
+                f"language {self.language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')"
+            )
+        if self.translate and not multilingual:
+            raise BadInput("translate: this model is English-only; load a multilingual one to translate")
+
 
 class Transcriber(Protocol):
     def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:

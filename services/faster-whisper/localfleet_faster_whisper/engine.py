@@ -10,7 +10,6 @@ import ctranslate2
 import faster_whisper
 
 from localfleet.audio import Asked, Segment, Transcription, Word
-from localfleet.errors import BadInput
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,15 +37,7 @@ class Transcriber:
         `asked.threads` cannot change CTranslate2's pool once loaded; LoadModel's Threads sets it.
         """
         language = asked.language
-        if language and language not in self.languages:
-            if not self.multilingual:
-                raise BadInput(
-                    f"language {language!r}: this model is English-only; send 'en' or leave it empty, "
-                    "or load a multilingual Whisper model"
-                )
-            raise BadInput(f"language {language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')")
-        if asked.translate and not self.multilingual:
-            raise BadInput("translate: this model is English-only; load a multilingual one to translate")
+        asked.check_language(self.languages, self.multilingual)
         kwargs: dict[str, Any] = {}
         if asked.temperature > 0:  # 0 keeps Whisper's fallback schedule, which starts at 0
             kwargs["temperature"] = asked.temperature

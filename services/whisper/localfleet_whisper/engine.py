@@ -18,7 +18,7 @@ from pywhispercpp import utils
 from pywhispercpp.model import Model
 
 from localfleet.audio import SAMPLE_RATE, Asked, Segment, Transcription, Word
-from localfleet.errors import BadInput, EngineFailure, Refused
+from localfleet.errors import EngineFailure, Refused
 
 _CENTISECOND = 0.01  # whisper.cpp's time unit
 _DONE = object()
@@ -54,15 +54,7 @@ class Transcriber:
 
     def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
         language = asked.language
-        if language and language not in self.languages:
-            if not self.multilingual:
-                raise BadInput(
-                    f"language {language!r}: this model is English-only; send 'en' or leave it empty, "
-                    "or load a multilingual Whisper model"
-                )
-            raise BadInput(f"language {language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')")
-        if asked.translate and not self.multilingual:
-            raise BadInput("translate: this model is English-only; load a multilingual one to translate")
+        asked.check_language(self.languages, self.multilingual)
         threads = _cap(asked.threads) or self.threads
         if not language:
             language = "en"
