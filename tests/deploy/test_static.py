@@ -204,6 +204,15 @@ def test_k8s_deployment_probes_grpc_health_as_non_root() -> None:
         assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
+def test_every_backend_has_a_k8s_deployment() -> None:
+    backends = {p.name for p in (ROOT / "services").iterdir() if (p / "run.sh").exists()}
+    deployments = {d["metadata"]["name"] for d in _k8s_documents() if d["kind"] == "Deployment"}
+    assert backends - deployments == set(), "backends with no manifest in deploy/k8s"
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"} == listed
+
+
 def test_backends_index_entries_resolve() -> None:
     entries = yaml.safe_load(INDEX.read_text())
     assert isinstance(entries, list)
