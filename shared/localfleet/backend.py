@@ -4,11 +4,18 @@ A backend subclasses `Backend`, names itself, declares its typed `Options`, impl
 (blocking; the runtime runs them in a worker thread), and defines async methods named after the RPCs it
 serves (`async def StoresFind(self, request, call) -> StoresFindResult`; streaming RPCs are async
 generators). Any RPC it does not define answers UNIMPLEMENTED, naming the backend and what it serves.
+
+RPCs that must run fewer at once than `default_concurrency` allows (generations, each holding a KV
+cache, beside embeddings admitted by the dozen) are put in a group by `limit_groups`, sized from the
+LoadModel options by `group_limits()`. The runtime's admission enforces it: a call waits for its group
+before it takes a slot, in arrival order and counted in the same bounded queue; a backend keeps no
+semaphores of its own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -47,6 +54,10 @@ class Backend:
     Options: ClassVar[type[BaseModel]] = NoOptions
     #: requests one loaded model runs at once unless LOCALFLEET_CONCURRENCY says otherwise
     default_concurrency: ClassVar[int] = 1
+    #: RPC name -> the group whose smaller limit it shares, e.g. {"Predict": "max_generations",
+    #: "PredictStream": "max_generations"}; name a group after the LoadModel option that sets it, since the
+    #: queue-full message tells users to raise it
+    limit_groups: ClassVar[Mapping[str, str]] = {}
 
     def refuse(self, model: ModelRef) -> str | None:
         """A reason this backend cannot serve `model`, decided fast and without loading; None to accept.
@@ -58,6 +69,11 @@ class Backend:
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         """Load the model (blocking, in a worker thread). Return a short message for the Result."""
         raise NotImplementedError
+
+    def group_limits(self, options: BaseModel) -> Mapping[str, int]:
+        """Each group's limit (>= 1) for a model loaded with `options`; called by LoadModel with no call
+        running. By default the value of the LoadModel option each group is named after."""
+        return {group: getattr(options, group) for group in set(self.limit_groups.values())}
 
     def unload(self) -> str:
         """Give the model's memory back (blocking, in a worker thread). Return a short message."""

@@ -38,11 +38,16 @@ class Runtime:
         self.backend = backend
         self.settings = settings
         limit = settings.concurrency or backend.default_concurrency
-        self.admission = Admission(limit, settings.queue_size)
+        self.metrics = Metrics(backend.name)
+        self.admission = Admission(
+            limit,
+            settings.queue_size,
+            groups=set(backend.limit_groups.values()),
+            on_depth=self.metrics.queue_depth.set,
+        )
         # Engine work, plus room for a load and a Free beside a full set of running calls.
         self.executor = ThreadPoolExecutor(max_workers=limit + 2, thread_name_prefix=f"{backend.name}-work")
         self.gate = ModelGate()
-        self.metrics = Metrics(backend.name)
         self.paths = PathPolicy(settings.path_roots)
         self.state = State.UNINITIALIZED
         self.model_name = ""
@@ -127,6 +132,8 @@ class Runtime:
             started = time.perf_counter()
             self.state = State.LOADING
             try:
+                # No call runs now; queued ones get the new model's limits.
+                self.admission.resize(self.backend.group_limits(options))
                 if self.model_name:
                     await loop.run_in_executor(self.executor, self.backend.unload)
                     self.model_name = ""

@@ -45,6 +45,8 @@ class BackendService:
         self.runtime = runtime
         backend = runtime.backend
         self.served = sorted(m.name for m in SERVICE.methods if m.name in CONTROL or hasattr(backend, m.name))
+        if stray := sorted(set(backend.limit_groups) - (set(self.served) - CONTROL)):
+            raise TypeError(f"{type(backend).__name__}.limit_groups names RPCs it does not serve: {stray}")
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping = {}
@@ -142,6 +144,7 @@ class BackendService:
         method = getattr(runtime.backend, rpc)
         streaming_out = cardinality in (Cardinality.UNARY_STREAM, Cardinality.STREAM_STREAM)
         streaming_in = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
+        group = runtime.backend.limit_groups.get(rpc)
         if streaming_out != inspect.isasyncgenfunction(method):
             raise TypeError(
                 f"{type(runtime.backend).__name__}.{rpc} must be an async generator iff it streams"
@@ -155,38 +158,32 @@ class BackendService:
                 request = await stream.recv_message()
                 runtime.check_identity(getattr(request, "ModelIdentity", ""))
             runtime.require_model()
-            runtime.metrics.queue_depth.set(runtime.admission.waiting + 1)
-            try:
-                async with runtime.admission.slot():
-                    runtime.metrics.queue_depth.set(runtime.admission.waiting)
-                    async with runtime.gate.shared():
-                        runtime.require_model()  # a Free may have run while this call queued
-                        call = Call(
-                            rpc,
-                            runtime.executor,
-                            stream.deadline,
-                            paths=runtime.paths,
-                            metrics=runtime.metrics,
-                        )
-                        runtime.calls.add(call)
-                        try:
-                            if streaming_out:
-                                async with contextlib.aclosing(method(request, call)) as replies:
-                                    async for reply in replies:
-                                        _check_shutdown(call)
-                                        await stream.send_message(reply)
+            async with runtime.admission.slot(group), runtime.gate.shared():
+                runtime.require_model()  # a Free may have run while this call queued
+                call = Call(
+                    rpc,
+                    runtime.executor,
+                    stream.deadline,
+                    paths=runtime.paths,
+                    metrics=runtime.metrics,
+                )
+                runtime.calls.add(call)
+                try:
+                    if streaming_out:
+                        async with contextlib.aclosing(method(request, call)) as replies:
+                            async for reply in replies:
                                 _check_shutdown(call)
-                            else:
-                                reply = await method(request, call)
-                                _check_shutdown(call)  # work cut short by shutdown is no answer
                                 await stream.send_message(reply)
-                        except asyncio.CancelledError:
-                            call.stop.set()
-                            raise
-                        finally:
-                            runtime.calls.discard(call)
-            finally:
-                runtime.metrics.queue_depth.set(runtime.admission.waiting)
+                        _check_shutdown(call)
+                    else:
+                        reply = await method(request, call)
+                        _check_shutdown(call)  # work cut short by shutdown is no answer
+                        await stream.send_message(reply)
+                except asyncio.CancelledError:
+                    call.stop.set()
+                    raise
+                finally:
+                    runtime.calls.discard(call)
 
         return body
 

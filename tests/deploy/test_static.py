@@ -17,7 +17,7 @@ DOCKERFILES = sorted(p for p in ROOT.glob("**/Dockerfile*") if not {".venv", ".n
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 INDEX = ROOT / "backends-index.yaml"
-SHELL_SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("services/*/run.sh")])
+SHELL_SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("services/*/*.sh")])
 # The accelerator keys LocalAI's backend gallery resolves (LocalAI falls back to "default").
 CAPABILITY_KEYS = {
     "default",

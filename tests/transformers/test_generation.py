@@ -233,3 +233,19 @@ async def test_a_deadline_stops_predict(llm: Served) -> None:
         await llm.client.backend.Predict(pb.PredictOptions(**long), timeout=0.5)
     assert await wait_until(lambda: not generating() and not llm.runtime.admission.running, 3)
     assert (await predict(llm, Prompt=PROMPT, Tokens=3)).tokens == 3
+
+
+async def test_a_queued_generation_waits_in_the_runtime_queue_holding_no_slot(llm: Served) -> None:
+    long: dict[str, Any] = {"Prompt": PROMPT, "Tokens": 3000, "Temperature": 0, "IgnoreEOS": True}
+    admission = llm.runtime.admission
+    async with connect(llm.addr) as client, client.backend.PredictStream.open() as call:
+        await call.send_message(pb.PredictOptions(**long), end=True)
+        assert await call.recv_message() is not None
+        queued = asyncio.create_task(predict(llm, Prompt=PROMPT, Tokens=3))
+        # max_generations is 1: the second waits in the runtime's queue (bounded, counted), not in a slot.
+        assert await wait_until(lambda: admission.waiting == 1, 3)
+        assert admission.running == 1
+        embedded = await llm.client.backend.Embedding(pb.PredictOptions(Embeddings=PROMPT), timeout=10)
+        assert embedded.dim > 0
+        await call.cancel()
+    assert (await queued).tokens == 3

@@ -7,12 +7,11 @@ the caller goes away.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -53,13 +52,16 @@ class Transformers(Backend):
     name = "transformers"
     Options = TransformersOptions
     # Embedding calls must be admitted together for the batcher to gather them (one batch's worth);
-    # generations are held to `max_generations` below.
+    # generations are held to the `max_generations` option by the runtime, holding no slot while they wait.
     default_concurrency = 32
+    limit_groups: ClassVar[Mapping[str, str]] = {
+        "Predict": "max_generations",
+        "PredictStream": "max_generations",
+    }
 
     def __init__(self) -> None:
         self._model: TextModel | None = None
         self._batcher: Batcher[str, tuple[list[float], int]] | None = None
-        self._generations = asyncio.Semaphore(1)
         self._options = TransformersOptions()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -96,7 +98,6 @@ class Transformers(Backend):
         limits = BatchLimits.from_settings(options.batch_window_ms, options.batch_max_size)
         self._model = loaded
         self._batcher = Batcher(loaded.embed, limits, name="transformers-embed")
-        self._generations = asyncio.Semaphore(options.max_generations)
         self._options = options
         return (
             f"{loaded.kind} model {loaded.name} on {loaded.device}, context {loaded.context} tokens, "
@@ -162,15 +163,14 @@ class Transformers(Backend):
             raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
         messages = _messages(request) if request.UseTokenizerTemplate else None
         sampling = _sampling(request, self._options.max_tokens)
-        async with self._generations:
-            ids = await call.run(
-                _prompt_ids, model, request.Prompt, messages, request.Tools, dict(request.Metadata)
-            )
-            counted = 0
-            async for piece in call.iterate(model.generate, ids, sampling, call.stop):
-                call.count_tokens(piece.tokens - counted)
-                counted = max(counted, piece.tokens)
-                yield len(ids), piece
+        ids = await call.run(
+            _prompt_ids, model, request.Prompt, messages, request.Tools, dict(request.Metadata)
+        )
+        counted = 0
+        async for piece in call.iterate(model.generate, ids, sampling, call.stop):
+            call.count_tokens(piece.tokens - counted)
+            counted = max(counted, piece.tokens)
+            yield len(ids), piece
 
 
 def _bundled(name: str) -> str | None:

@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="serve one backend on --addr")
     lister = sub.add_parser("list", help="list the backends and whether their engine is installed")
-    call = sub.add_parser("call", help="call a running backend (health, status, load, stores...)")
+    call = sub.add_parser("call", help="call a running backend: health, load, predict, embed, tts, ...")
     up = sub.add_parser("up", help="start several backends on free ports and print LocalAI's settings line")
 
     from localfleet.cli import serve as serve_cmd
