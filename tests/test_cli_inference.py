@@ -22,8 +22,8 @@ from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_silero_vad.servicer import SileroVAD
 from tests.audio_fixtures import SENTENCE, Clip, clips_dir, speech_clip, vad_clip
-from tests.piper.speech_checks import whisper
-from tests.piper.test_servicer import piper, roots
+from tests.piper.speech_checks import roots, whisper
+from tests.piper.test_servicer import piper
 from tests.rerankers.test_rerank import DOCUMENTS, QUERY, cross_encoder, reranker
 from tests.runtime.workbench import Workbench
 from tests.transformers.conftest import minilm, tiny_llama

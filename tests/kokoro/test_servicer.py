@@ -17,24 +17,26 @@ from grpclib.exceptions import GRPCError
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_kokoro.servicer import BUNDLED, Kokoro
-from tests.piper.speech_checks import check_stream_round_trip, check_wav_round_trip, error_of, stream, tts
+from tests.piper.speech_checks import (
+    check_dst_outside_the_roots_or_in_a_missing_folder,
+    check_stream_round_trip,
+    check_wav_round_trip,
+    check_whitespace_is_invalid,
+    error_of,
+    serving_tts,
+    stream,
+    tts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 RATE = 24000
 
 
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("generated")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def kokoro(roots: Path) -> AsyncIterator[Served]:
-    async with serving(Kokoro(), path_roots=[str(roots)]) as served:
-        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=BUNDLED))
-        assert result.success, result.message
-        assert "default jf_alpha, en-us" in result.message
+    async with serving_tts(Kokoro(), roots, Model=BUNDLED) as (served, loaded):
+        assert "default jf_alpha, en-us" in loaded
         yield served
 
 
@@ -47,6 +49,12 @@ async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
     kokoro: Served, whisper: Served, roots: Path
 ) -> None:
     await check_stream_round_trip(kokoro, whisper, roots, RATE)
+
+
+async def test_dst_outside_the_roots_or_in_a_missing_folder(
+    kokoro: Served, roots: Path, tmp_path: Path
+) -> None:
+    await check_dst_outside_the_roots_or_in_a_missing_folder(kokoro, roots, tmp_path)
 
 
 async def test_voice_and_language_are_honoured(kokoro: Served, roots: Path) -> None:
@@ -79,21 +87,7 @@ async def test_unknown_language_or_model_is_refused(kokoro: Served, roots: Path)
 
 @pytest.mark.parametrize("text", ["", "  \n "])
 async def test_text_of_only_whitespace_is_invalid(kokoro: Served, roots: Path, text: str) -> None:
-    err = await error_of(kokoro, roots / "w.wav", text)
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "whitespace" in (err.message or "")
-    assert await kokoro.client.healthy()
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    kokoro: Served, roots: Path, tmp_path: Path
-) -> None:
-    err = await error_of(kokoro, tmp_path / "outside.wav")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "outside the folders" in (err.message or "")
-    err = await error_of(kokoro, roots / "missing" / "x.wav")
-    assert err.status == Status.NOT_FOUND
-    assert await kokoro.client.healthy()
+    await check_whitespace_is_invalid(kokoro, roots / "w.wav", text)
 
 
 async def test_loadmodel_refuses_what_kokoro_cannot_serve(tmp_path: Path) -> None:

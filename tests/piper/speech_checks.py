@@ -13,14 +13,17 @@ import re
 import time
 import wave
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from localfleet.backend import Backend
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 
@@ -72,6 +75,22 @@ def write_wav(path: Path, pcm: bytes, rate: int) -> Path:
 def plausible_seconds(text: str) -> tuple[float, float]:
     """Speech runs at roughly 10-20 characters a second; allow a wide band around that."""
     return len(text) / 30, len(text) / 6
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder requests may write in (LOCALFLEET_PATH_ROOTS)."""
+    return tmp_path_factory.mktemp("generated")
+
+
+@asynccontextmanager
+async def serving_tts(backend: Backend, roots: Path, **model: Any) -> AsyncIterator[tuple[Served, str]]:
+    """`backend` served with `roots` as the folder it may write in, once LoadModel of `model`
+    (ModelOptions fields) has succeeded; with LoadModel's message."""
+    async with serving(backend, path_roots=[str(roots)]) as served:
+        result = await served.client.backend.LoadModel(pb.ModelOptions(**model))
+        assert result.success, result.message
+        yield served, str(result.message)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -164,3 +183,31 @@ async def check_stream_round_trip(served: Served, whisper: Served, folder: Path,
     assert low < read_wav(clip).seconds < high
     assert words(await transcribe(whisper, clip)) == words(text)
     return streamed
+
+
+async def check_whitespace_is_invalid(served: Served, dst: Path, text: str) -> None:
+    """Text without a word is refused by TTS and TTSStream alike, and the backend serves on."""
+    err = await error_of(served, dst, text)
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "whitespace" in (err.message or "")
+    with pytest.raises(GRPCError) as streamed:
+        await stream(served, pb.TTSRequest(text=text))
+    assert streamed.value.status == Status.INVALID_ARGUMENT
+    assert await served.client.healthy()
+
+
+async def check_dst_outside_the_roots_or_in_a_missing_folder(
+    served: Served, roots: Path, outside: Path
+) -> None:
+    """`dst` must name a file inside `roots` (not in `outside`, nor a folder), in a folder that exists."""
+    err = await error_of(served, outside / "outside.wav")
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "outside the folders" in (err.message or "")
+    assert not (outside / "outside.wav").exists()
+    err = await error_of(served, roots / "missing" / "x.wav")
+    assert err.status == Status.NOT_FOUND
+    assert "does not exist" in (err.message or "")
+    err = await error_of(served, roots)
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "is a folder" in (err.message or "")
+    assert await served.client.healthy()

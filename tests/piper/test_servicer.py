@@ -23,10 +23,13 @@ from localfleet_piper.servicer import Piper
 from localfleet_piper.voices import bundled
 from tests.piper.speech_checks import (
     SENTENCES,
+    check_dst_outside_the_roots_or_in_a_missing_folder,
     check_stream_round_trip,
     check_wav_round_trip,
+    check_whitespace_is_invalid,
     error_of,
     read_wav,
+    serving_tts,
     stream,
     tts,
 )
@@ -37,17 +40,9 @@ VOICE = "en_US-joe-medium.onnx"
 RATE = 22050
 
 
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one folder requests may write in (LOCALFLEET_PATH_ROOTS)."""
-    return tmp_path_factory.mktemp("generated")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def piper(roots: Path) -> AsyncIterator[Served]:
-    async with serving(Piper(), path_roots=[str(roots)]) as served:
-        result = await served.client.backend.LoadModel(pb.ModelOptions(Model=VOICE))
-        assert result.success, result.message
+    async with serving_tts(Piper(), roots, Model=VOICE) as (served, _):
         yield served
 
 
@@ -68,11 +63,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def voices(models: Path, roots: Path) -> AsyncIterator[Served]:
     """Loaded as core loads a model from its models dir: ModelFile = ModelPath / Model."""
-    async with serving(Piper(), path_roots=[str(roots)]) as served:
-        result = await served.client.backend.LoadModel(
-            pb.ModelOptions(Model=VOICE, ModelPath=str(models), ModelFile=str(models / VOICE))
-        )
-        assert result.success, result.message
+    model = {"Model": VOICE, "ModelPath": str(models), "ModelFile": str(models / VOICE)}
+    async with serving_tts(Piper(), roots, **model) as (served, _):
         yield served
 
 
@@ -168,29 +160,13 @@ async def test_language_picks_a_voice_that_speaks_it(voices: Served, roots: Path
 # -- bad input -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
 async def test_text_of_only_whitespace_is_invalid(piper: Served, roots: Path, text: str) -> None:
-    err = await error_of(piper, roots / "w.wav", text)
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "whitespace" in (err.message or "")
-    with pytest.raises(GRPCError) as streamed:
-        await stream(piper, pb.TTSRequest(text=text))
-    assert streamed.value.status == Status.INVALID_ARGUMENT
-    assert await piper.client.healthy()
+    await check_whitespace_is_invalid(piper, roots / "w.wav", text)
 
 
 async def test_dst_outside_the_roots_or_in_a_missing_folder(
     piper: Served, roots: Path, tmp_path: Path
 ) -> None:
-    err = await error_of(piper, tmp_path / "outside.wav")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "outside the folders" in (err.message or "")
-    assert not (tmp_path / "outside.wav").exists()
-    err = await error_of(piper, roots / "missing" / "x.wav")
-    assert err.status == Status.NOT_FOUND
-    assert "does not exist" in (err.message or "")
-    err = await error_of(piper, roots)
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "is a folder" in (err.message or "")
-    assert await piper.client.healthy()
+    await check_dst_outside_the_roots_or_in_a_missing_folder(piper, roots, tmp_path)
 
 
 async def test_loadmodel_refuses_what_is_not_a_piper_voice(tmp_path: Path) -> None:

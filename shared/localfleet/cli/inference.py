@@ -220,7 +220,7 @@ def _read_audio(path: str) -> tuple[list[float], float]:
     """The file as mono float32 samples at 16 kHz (channels averaged, resampled linearly), and seconds."""
     try:
         import numpy as np
-        import soundfile  # type: ignore[import-untyped]
+        import soundfile  # type: ignore[import-untyped]  # soundfile ships no type hints
     except ImportError:
         raise ValueError("vad reads audio files with soundfile: pip install soundfile") from None
     if not os.path.isfile(path):
