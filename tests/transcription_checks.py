@@ -147,16 +147,20 @@ class TranscriptionChecks:
         full = time.perf_counter() - full_started
 
         async with whisper.client.backend.AudioTranscriptionStream.open() as stream:
+            opened = time.perf_counter()
             await stream.send_message(pb.TranscriptRequest(dst=str(long_clip.path)), end=True)
             first = await stream.recv_message()
             assert first is not None
             assert first.delta
             cancelled_at = time.perf_counter()
+            first_window = cancelled_at - opened
             await stream.cancel()
-        # The worker finishes the window it is on, then stops: the slot frees long before a full decode.
+        # The worker finishes the window it is on, then stops: the slot frees long before a full decode
+        # (four windows). The first window's time is the yardstick under the machine's load of the moment.
+        limit = max(0.5 * full, 2 * first_window)
         runtime = whisper.runtime
         while runtime.admission.running:
-            assert time.perf_counter() - cancelled_at < 0.5 * full, "decoding went on after cancel"
+            assert time.perf_counter() - cancelled_at < limit, "decoding went on after cancel"
             await asyncio.sleep(0.02)
         status = await whisper.client.backend.Status(pb.HealthMessage())
         assert status.state == pb.StatusResponse.READY
