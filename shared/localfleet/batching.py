@@ -9,7 +9,10 @@ concurrent calls into such batches:
 
 When the engine is free and a call is waiting, a batch opens; it takes every call that arrives until
 `window` (a few ms) passes without a new one, or `max_size` calls are in, or MAX_WINDOWS windows have
-passed. Calls that arrive while a batch runs wait for it and go in the next one. One batch runs at a
+passed. A lone call runs at once, without a window, unless a batch with company ended within the last
+COMPANY_MEMORY seconds: a caller that sends its texts one after another (as core does for one request's
+inputs) pays no window per text, while concurrent callers keep being gathered. Calls that arrive while a
+batch runs wait for it and go in the next one. One batch runs at a
 time, in the batcher's own worker thread: `fn(items, stop)` gets the items in arrival order and returns
 one result per item, in the same order; a result that is an exception is raised to that caller alone.
 An exception raised by `fn` is raised to every caller of that batch.
@@ -42,6 +45,8 @@ R = TypeVar("R")
 
 #: the longest a batch stays open while calls keep arriving, in windows
 MAX_WINDOWS = 4
+#: how long after a batch of more than one call a lone call still waits a window for company (seconds)
+COMPANY_MEMORY = 0.1
 
 #: a batch function: items in arrival order and a stop event -> one result (or exception) per item
 BatchFn = Callable[[list[T], threading.Event], Sequence[R | BaseException]]
@@ -108,6 +113,7 @@ class Batcher(Generic[T, R]):
         self._driver: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-batch")
         self._closed = False
+        self._company_until = 0.0  # monotonic time until which a lone call waits for company
         #: batches run and items answered, for tests, benchmarks and logs
         self.batches = 0
         self.items = 0
@@ -177,6 +183,8 @@ class Batcher(Generic[T, R]):
                 results = exc
             self.batches += 1
             self.items += len(batch)
+            if len(batch) > 1:
+                self._company_until = time.monotonic() + COMPANY_MEMORY
             self._answer(batch, results)
 
     async def _gather(self, arrived: asyncio.Event) -> None:
@@ -184,10 +192,12 @@ class Batcher(Generic[T, R]):
 
         It closes when `window` passes with no new call (counting from when the engine became free, so
         callers just answered have time to send their next call), when it is full, or at the latest
-        MAX_WINDOWS windows after the engine became free.
+        MAX_WINDOWS windows after the engine became free; at once for a lone call with no recent company.
         """
         window = self.limits.window
         opened = time.monotonic()
+        if len(self._pending) == 1 and opened >= self._company_until:
+            return  # no sign of concurrent callers: waiting would only delay this one
         latest = opened + window * MAX_WINDOWS
         while self._pending and len(self._pending) < self.limits.max_size:
             quiet_until = max(opened, self._pending[-1].arrived) + window

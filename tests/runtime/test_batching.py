@@ -73,18 +73,32 @@ async def test_a_full_batch_runs_without_waiting_for_the_window() -> None:
     assert time.monotonic() - started < 5  # far below the 30 s window
 
 
-async def test_a_lone_call_runs_once_its_window_passes() -> None:
+async def test_a_lone_call_with_no_company_runs_without_waiting_for_the_window() -> None:
     engine = Engine()
-    batcher = Batcher(engine, BatchLimits(window=0.02, max_size=32))
+    batcher = Batcher(engine, BatchLimits(window=30.0, max_size=32))
+    # One caller sending its texts one after another (core's way for one request's inputs).
+    for i in range(3):
+        assert await asyncio.wait_for(batcher.submit(i), 5) == i * 2  # far below the 30 s window
+    assert engine.batches == [[0], [1], [2]]
+
+
+async def test_a_lone_call_soon_after_a_batch_with_company_waits_for_company() -> None:
+    engine = Engine()
+    batcher = Batcher(engine, BatchLimits(window=0.2, max_size=32))
+    assert list(await asyncio.gather(batcher.submit(0), batcher.submit(1))) == [0, 2]
     started = time.monotonic()
-    assert await asyncio.wait_for(batcher.submit(21), 5) == 42
-    assert time.monotonic() - started >= 0.02
-    assert engine.batches == [[21]]
+    lone = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.05)  # within the window: this call joins the lone one's batch
+    assert list(await asyncio.gather(lone, batcher.submit(3))) == [4, 6]
+    assert time.monotonic() - started >= 0.2
+    assert engine.batches == [[0, 1], [2, 3]]
 
 
 async def test_a_batch_stays_open_while_calls_keep_coming() -> None:
     engine = Engine()
     batcher = Batcher(engine, BatchLimits(window=0.2, max_size=32))
+    await asyncio.gather(batcher.submit(-2), batcher.submit(-1))  # concurrent callers were seen
+    engine.batches.clear()
     tasks = []
     for i in range(3):  # 0.3 s in all: past one window from the first, but never 0.2 s without a call
         tasks.append(asyncio.ensure_future(batcher.submit(i)))
