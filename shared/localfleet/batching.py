@@ -9,9 +9,10 @@ concurrent calls into such batches:
 
 When the engine is free and a call is waiting, a batch opens; it takes every call that arrives until
 `window` (a few ms) passes without a new one, or `max_size` calls are in, or MAX_WINDOWS windows have
-passed. A lone call runs at once, without a window, unless a batch with company ended within the last
-COMPANY_MEMORY seconds: a caller that sends its texts one after another (as core does for one request's
-inputs) pays no window per text, while concurrent callers keep being gathered. Calls that arrive while a
+passed. A lone call runs at once, without a window, unless concurrent callers were seen within the last
+COMPANY_MEMORY seconds (a batch of more than one, or a call that arrived while a batch ran): a caller that
+sends its texts one after another (as core does for one request's inputs) pays no window per text,
+while concurrent callers keep being gathered. Calls that arrive while a
 batch runs wait for it and go in the next one. One batch runs at a
 time, in the batcher's own worker thread: `fn(items, stop)` gets the items in arrival order and returns
 one result per item, in the same order; a result that is an exception is raised to that caller alone.
@@ -45,7 +46,7 @@ R = TypeVar("R")
 
 #: the longest a batch stays open while calls keep arriving, in windows
 MAX_WINDOWS = 4
-#: how long after a batch of more than one call a lone call still waits a window for company (seconds)
+#: how long after a sign of concurrent callers a lone call still waits a window for company (seconds)
 COMPANY_MEMORY = 0.1
 
 #: a batch function: items in arrival order and a stop event -> one result (or exception) per item
@@ -183,7 +184,7 @@ class Batcher(Generic[T, R]):
                 results = exc
             self.batches += 1
             self.items += len(batch)
-            if len(batch) > 1:
+            if len(batch) > 1 or self._pending:  # others called while this one was in the engine
                 self._company_until = time.monotonic() + COMPANY_MEMORY
             self._answer(batch, results)
 

@@ -94,6 +94,29 @@ async def test_a_lone_call_soon_after_a_batch_with_company_waits_for_company() -
     assert engine.batches == [[0, 1], [2, 3]]
 
 
+async def test_two_callers_one_text_after_another_end_up_batched_together() -> None:
+    batches: list[list[int]] = []
+
+    def slow(items: list[int], stop: threading.Event) -> list[int]:
+        batches.append(list(items))
+        time.sleep(0.02)  # an engine pass long enough for the other caller's call to land meanwhile
+        return [item * 2 for item in items]
+
+    batcher = Batcher(slow, BatchLimits(window=0.05, max_size=32))
+
+    async def caller(first: int) -> None:
+        for i in range(first, first + 20, 2):
+            assert await batcher.submit(i) == i * 2
+
+    first = asyncio.ensure_future(caller(0))
+    while not batches:  # the first caller's first call is in the engine, alone
+        await asyncio.sleep(0.001)
+    await asyncio.gather(first, caller(1))
+    # A call that arrived while a batch ran is a sign of company: from then on they share batches,
+    # rather than taking turns alone.
+    assert [len(b) for b in batches[1:-1]] == [2] * (len(batches) - 2), batches
+
+
 async def test_a_batch_stays_open_while_calls_keep_coming() -> None:
     engine = Engine()
     batcher = Batcher(engine, BatchLimits(window=0.2, max_size=32))
