@@ -28,12 +28,16 @@ class Limit:
         """Whether a new caller would wait (behind earlier ones too: no overtaking)."""
         return self.held >= self.size or bool(self._waiters)
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, first: bool = False) -> None:
+        """Wait for a turn; `first` goes to the head of the line (a turn given back, see Ticket.settle)."""
         if not self.full:
             self.held += 1
             return
         turn = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
+        if first:
+            self._waiters.appendleft(turn)
+        else:
+            self._waiters.append(turn)
         try:
             await turn
         except asyncio.CancelledError:
@@ -58,6 +62,29 @@ class Limit:
             if not turn.done():  # a cancelled waiter takes no turn
                 self.held += 1
                 turn.set_result(None)
+
+
+class Ticket:
+    """An admitted call's hold on its group's limit (None: the RPC has no group)."""
+
+    def __init__(self, limit: Limit | None) -> None:
+        self._limit = limit
+        self.holds = limit is not None
+
+    async def settle(self) -> None:
+        """Once the call is past the model gate: give back a turn that a lowered limit no longer allows,
+        and wait for a new one at the head of the line.
+
+        A LoadModel that lowers a group's limit runs while calls already given turns under the old limit
+        wait at the gate; without this, all of them would run at once on the new model.
+        """
+        limit = self._limit
+        if limit is None or limit.held <= limit.size:
+            return
+        self.holds = False
+        limit.release()
+        await limit.acquire(first=True)
+        self.holds = True
 
 
 class Admission:
@@ -88,8 +115,8 @@ class Admission:
         self.running = 0
         self.waiting = 0
 
-    def resize(self, limits: Mapping[str, int]) -> None:
-        """New group limits, from the options of the model being loaded; calls waiting take them at once."""
+    def check(self, limits: Mapping[str, int]) -> None:
+        """Raise ValueError naming what is wrong with new group limits (before anything is unloaded)."""
         if set(limits) != set(self.groups):
             raise ValueError(
                 f"group limits given for {sorted(limits)}, but the backend's groups are {sorted(self.groups)}"
@@ -97,11 +124,15 @@ class Admission:
         for name, size in limits.items():
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"the {name} limit must be a whole number >= 1, got {size!r}")
+
+    def resize(self, limits: Mapping[str, int]) -> None:
+        """New group limits, from the options of the model being loaded; calls waiting take them at once."""
+        self.check(limits)
         for name, size in limits.items():
             self.groups[name].resize(size)
 
     @asynccontextmanager
-    async def slot(self, group: str | None = None) -> AsyncIterator[None]:
+    async def slot(self, group: str | None = None) -> AsyncIterator[Ticket]:
         own = self.groups[group] if group is not None else None
         if (self._slots.full or (own is not None and own.full)) and self.waiting >= self.queue_size:
             raise Overloaded(self._refusal(group))
@@ -119,12 +150,13 @@ class Admission:
         finally:
             self._queued(-1)
         self.running += 1
+        ticket = Ticket(own)
         try:
-            yield
+            yield ticket
         finally:
             self.running -= 1
             self._slots.release()
-            if own is not None:
+            if own is not None and ticket.holds:  # a settle cancelled while waiting holds no turn
                 own.release()
 
     def _queued(self, change: int) -> None:

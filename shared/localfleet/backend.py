@@ -71,9 +71,13 @@ class Backend:
         raise NotImplementedError
 
     def group_limits(self, options: BaseModel) -> Mapping[str, int]:
-        """Each group's limit (>= 1) for a model loaded with `options`; called by LoadModel with no call
-        running. By default the value of the LoadModel option each group is named after."""
-        return {group: getattr(options, group) for group in set(self.limit_groups.values())}
+        """Each group's limit (>= 1) for a model loaded with `options`; called by LoadModel before the
+        current model is touched. By default the value of the LoadModel option each group is named after."""
+        groups = set(self.limit_groups.values())
+        missing = sorted(g for g in groups if not hasattr(options, g))
+        if missing:
+            raise ValueError(f"no LoadModel option sizes the group(s) {', '.join(missing)}")
+        return {group: getattr(options, group) for group in groups}
 
     def unload(self) -> str:
         """Give the model's memory back (blocking, in a worker thread). Return a short message."""

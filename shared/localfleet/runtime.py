@@ -119,8 +119,10 @@ class Runtime:
             return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
         try:
             options = parse_options(self.backend.Options, request.Options)
+            limits = self.backend.group_limits(options)
+            self.admission.check(limits)
             reason = self.backend.refuse(ref)
-        except BackendError as exc:
+        except (BackendError, ValueError) as exc:
             return pb.Result(success=False, message=f"{self.backend.name}: {exc}")
         if reason:
             log.info("refused model %r: %s", ref.name, reason)
@@ -132,8 +134,8 @@ class Runtime:
             started = time.perf_counter()
             self.state = State.LOADING
             try:
-                # No call runs now; queued ones get the new model's limits.
-                self.admission.resize(self.backend.group_limits(options))
+                # No call runs now; queued ones get the new model's limits (Ticket.settle).
+                self.admission.resize(limits)
                 if self.model_name:
                     await loop.run_in_executor(self.executor, self.backend.unload)
                     self.model_name = ""

@@ -158,8 +158,9 @@ class BackendService:
                 request = await stream.recv_message()
                 runtime.check_identity(getattr(request, "ModelIdentity", ""))
             runtime.require_model()
-            async with runtime.admission.slot(group), runtime.gate.shared():
+            async with runtime.admission.slot(group) as ticket, runtime.gate.shared():
                 runtime.require_model()  # a Free may have run while this call queued
+                await ticket.settle()  # a LoadModel may have lowered its group's limit meanwhile
                 call = Call(
                     rpc,
                     runtime.executor,

@@ -233,3 +233,27 @@ async def test_a_turn_handed_to_a_caller_that_just_left_goes_to_the_next() -> No
         await leaving
     await asyncio.wait_for(next_in_line, 5)
     assert limit.held == 1
+
+
+async def test_a_lowered_limit_holds_for_calls_given_turns_while_the_load_waited() -> None:
+    gated = Gated()
+    async with serving(gated, concurrency=4) as served:
+        assert (await load(served, Options=["generations:3"])).success
+        running = [predict(served, p) for p in "abc"]
+        for _ in range(3):
+            await gated.entered.get()
+        queued = [predict(served, p) for p in "def"]
+        await until(lambda: served.runtime.admission.waiting == 3)
+        reload = asyncio.ensure_future(load(served, Options=["generations:1"]))
+        await until(lambda: served.runtime.gate._writers_waiting == 1)
+        # d, e and f take turns under the old limit of 3, then wait for the gate behind the load.
+        for p in "abc":
+            gated.finish[p].set()
+        await asyncio.gather(*running)
+        gated.most = 0
+        assert (await reload).success
+        for _ in range(3):  # each finishes before the next may start
+            gated.finish[await asyncio.wait_for(gated.entered.get(), 5)].set()
+        await asyncio.gather(*queued)
+        assert gated.most == 1  # one at a time on the new model, as it was loaded with
+        assert served.runtime.admission.groups["generations"].held == 0
