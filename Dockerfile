@@ -18,12 +18,14 @@
 #               whisper: pywhispercpp's wheel is a CPU build (a GPU whisper.cpp builds from source).
 #               llama-cpp compiles llama.cpp for it (services/llama-cpp/image.sh).
 #   RUNTIME_IMAGE  the final stage (default BASE_IMAGE); for GPU builds that compile (llama-cpp) the
-#               vendor's runtime image, with its devel image as BASE_IMAGE.
+#               vendor's runtime image, with its devel image as BASE_IMAGE. It must have the same
+#               python3 as BASE_IMAGE at the same path: the venv is copied over and links to it.
 #   MODELS      1 (default) bundles the backend's start-up model where it has one that is not a
 #               Python dependency (llama-cpp: Gemma 3 270M, Gemma terms); 0 leaves it out.
 # A backend with build steps of its own has services/<name>/image.sh, sourced in the build stage:
-# `image_prepare` (before pip: compilers, CMAKE_ARGS, extras, pip_args), `image_finish` (after pip) and
-# `runtime_packages` (Debian packages the final stage installs).
+# `build_packages` (Debian packages to build with, installed in a layer of their own), `image_prepare`
+# (before pip: CMAKE_ARGS, extras, pip_args), `image_finish` (after pip) and `runtime_packages` (Debian
+# packages the final stage installs).
 # Packages come from build/wheelhouse/ with --no-index when it holds wheels (scripts/
 # build-wheelhouse.sh), so the build needs no package index; without a wheelhouse pip uses the index.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -33,6 +35,17 @@ FROM ${BASE_IMAGE} AS build
 ARG BACKEND=local-store
 ARG BUILD_TYPE=cpu
 ARG MODELS=1
+# The backend's folder first: its build packages stay cached while the rest of the source changes.
+COPY services/${BACKEND} /src/services/${BACKEND}
+# hadolint ignore=DL3008,SC1090,SC2086
+RUN set -eu; \
+    hook="/src/services/$BACKEND/image.sh"; build_packages=""; \
+    if [ -f "$hook" ]; then . "$hook"; fi; \
+    if [ -n "$build_packages" ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends $build_packages; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY . /src
 # The venv lives beside run.sh under /opt/localfleet: the same layout run.sh looks for in a
 # LocalAI backend folder, so the image starts exactly the way LocalAI starts the backend.
@@ -65,7 +78,8 @@ LABEL org.opencontainers.image.title="localfleet-${BACKEND}" \
       org.opencontainers.image.licenses="MIT" \
       io.localfleet.backend="${BACKEND}" \
       io.localfleet.build-type="${BUILD_TYPE}"
-COPY --from=build /opt/localfleet /opt/localfleet
+# The package list alone first: the apt layer stays cached while the venv changes.
+COPY --from=build /opt/localfleet/RUNTIME_PACKAGES /opt/localfleet/RUNTIME_PACKAGES
 # A fixed uid/gid so Kubernetes (runAsUser, fsGroup) and volume owners can name it. The packages are
 # the backend's own (image.sh), from the image's apt sources, unpinned like the base image.
 # hadolint ignore=DL3008,SC2086
@@ -80,6 +94,7 @@ RUN set -eu; \
     useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
         --home-dir /var/lib/localfleet --shell /usr/sbin/nologin localfleet; \
     install -d -o 10001 -g 10001 -m 0750 /var/lib/localfleet
+COPY --from=build /opt/localfleet /opt/localfleet
 ENV PATH=/opt/localfleet/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -16,6 +16,11 @@ else
     backend="$(basename -- "$here")"
 fi
 repo="$(cd -P -- "$here/../.." && pwd)"
+# Start-up models bundled beside run.sh (the llama-cpp image's models/) are where LOCALFLEET_MODEL is
+# looked up, unless LOCALFLEET_MODEL_PATH names another folder.
+if [[ -z "${LOCALFLEET_MODEL_PATH:-}" && -d "$here/models" ]]; then
+    export LOCALFLEET_MODEL_PATH="$here/models"
+fi
 
 for venv in "${LOCALFLEET_VENV:-}" "$here/.venv" "$here/venv" "$repo/.venv"; do
     if [[ -n "$venv" && -x "$venv/bin/localfleet" ]]; then

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -289,3 +290,12 @@ async def test_errors_are_one_line_and_exit_1(embedder: Served, whisper: Served,
     failed(missing, "NOT_FOUND", "missing.wav")
     failed(unreadable, "cannot read audio file", "missing.wav")
     failed(unreachable, "cannot reach 127.0.0.1:1")
+
+
+async def test_a_backend_that_does_not_answer_in_time_is_named_with_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        ran = await cli(addr, "tokenize", "hello", "--timeout", "1")
+    failed(ran, f"{addr} did not answer within 1 s")

@@ -5,14 +5,13 @@
 # The compiler comes from the base image's apt sources; the wheelhouse (services/llama-cpp/
 # wheelhouse.sh) carries the sdist and its build backend, so the build needs no package index.
 
-# Read by the Dockerfile: llama.cpp's CPU backend uses OpenMP at run time.
+# Read by the Dockerfile: the compiler, and OpenMP at run time (llama.cpp's CPU backend uses it).
+# shellcheck disable=SC2034
+build_packages="build-essential cmake ninja-build"
 # shellcheck disable=SC2034
 runtime_packages="libgomp1"
 
 image_prepare() {
-    apt-get update
-    apt-get install -y --no-install-recommends build-essential cmake ninja-build
-    rm -rf /var/lib/apt/lists/*
     case "$BUILD_TYPE" in
         cpu) CMAKE_ARGS="-DGGML_NATIVE=OFF" ;;  # portable: no -march=native of the build machine
         cublas12) CMAKE_ARGS="-DGGML_CUDA=on" ;;

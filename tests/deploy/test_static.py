@@ -107,6 +107,27 @@ def test_run_sh_falls_back_to_localfleet_on_path(tmp_path: Path) -> None:
     assert "no localfleet found" in missing.stderr
 
 
+def test_run_sh_looks_up_start_up_models_beside_it(tmp_path: Path) -> None:
+    # The image's layout: /opt/localfleet/{run.sh,BACKEND,models/}; the models folder is the default
+    # LOCALFLEET_MODEL_PATH, and an explicit one wins.
+    folder = tmp_path / "opt"
+    (folder / "models").mkdir(parents=True)
+    script = folder / "run.sh"
+    script.write_bytes((ROOT / "services" / "local-store" / "run.sh").read_bytes())
+    script.chmod(0o755)
+    (folder / "BACKEND").write_text("llama-cpp\n")
+    fake = tmp_path / "venv" / "bin" / "localfleet"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "models: $LOCALFLEET_MODEL_PATH"\n')
+    fake.chmod(0o755)
+    env = {"LOCALFLEET_VENV": str(fake.parent.parent), "PATH": "/usr/bin:/bin"}
+    result = run([str(script)], cwd=folder, env=env, timeout=30)
+    assert result.returncode == 0, explain(result)
+    assert result.stdout.strip() == f"models: {folder / 'models'}"
+    chosen = run([str(script)], cwd=folder, env={**env, "LOCALFLEET_MODEL_PATH": "/models"}, timeout=30)
+    assert chosen.stdout.strip() == "models: /models"
+
+
 def test_compose_file_validates() -> None:
     compose = require_compose()
     result = run([*compose, "-f", str(COMPOSE_FILE), "config", "--quiet"])

@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc.status.name}: {exc.message}", file=sys.stderr)
     except StreamTerminatedError as exc:
         print(f"error: connection to {args.addr} lost: {exc}", file=sys.stderr)
-    except (TimeoutError, OSError) as exc:
+    except TimeoutError:  # grpclib's deadline, or the connect timing out
+        limit = args.timeout if args.timeout is not None else args.default_timeout
+        print(f"error: {args.addr} did not answer within {limit:g} s (--timeout)", file=sys.stderr)
+    except BrokenPipeError:  # the output's reader (e.g. `| head`) went away: nothing left to tell
+        return 0
+    except OSError as exc:
         print(f"error: cannot reach {args.addr}: {exc or type(exc).__name__}", file=sys.stderr)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
