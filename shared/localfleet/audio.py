@@ -138,6 +138,10 @@ class Asked:
 
 
 class Transcriber(Protocol):
+    #: the language codes the loaded model knows, and whether it can do more than English
+    languages: set[str]
+    multilingual: bool
+
     def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
         """Blocking work up to the first segment (features, language); then segments, lazily.
 
@@ -147,21 +151,18 @@ class Transcriber(Protocol):
 
 
 class TranscriptionBackend(Backend):
-    """A speech-to-text backend: sets `self.transcriber` in `load()`, clears it in `unload()`."""
+    """A speech-to-text backend: sets `self.transcriber` in `load()`; `unload()` clears it."""
 
     transcriber: Transcriber | None = None
 
+    def unload(self) -> str:
+        self.transcriber = None
+        return "model released"
+
     async def AudioTranscription(self, request: pb.TranscriptRequest, call: Call) -> pb.TranscriptResult:
-        info, segments = await call.run(self._start, request, call)
-        joiner = TextJoiner()
-        out = []
-        async for segment in call.iterate(iter, segments):
-            joiner.add(segment.text)
-            call.count_tokens(len(segment.tokens))
-            out.append(_to_proto(segment, info.duration))
-        return pb.TranscriptResult(
-            segments=out, text=joiner.text, language=info.language, duration=info.duration
-        )
+        # The stream's last message is the whole result; its deltas are simply not sent.
+        replies = [reply async for reply in self.AudioTranscriptionStream(request, call)]
+        return replies[-1].final_result
 
     async def AudioTranscriptionStream(
         self, request: pb.TranscriptRequest, call: Call
@@ -194,6 +195,7 @@ class TranscriptionBackend(Backend):
             threads=request.threads,
             words="word" in request.timestamp_granularities,
         )
+        asked.check_language(transcriber.languages, transcriber.multilingual)
         return transcriber.start(samples, asked)
 
 

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from localfleet.call import until_done
 from localfleet.errors import Cancelled, EngineFailure
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ class Batcher(Generic[T, R]):
             else:
                 # The batch runs on for the others; wait for it, as Call.run waits for its work.
                 entry.running.leave()
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(entry.future)
+                await until_done(entry.future)
             raise
 
     def close(self) -> None:

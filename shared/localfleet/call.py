@@ -76,7 +76,7 @@ class Call:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             self.stop.set()
-            await _until_done(future)
+            await until_done(future)
             raise
 
     async def iterate(
@@ -116,10 +116,10 @@ class Call:
                 yield item  # type: ignore[misc]  # items are the generator's T; the queue is untyped
         finally:
             self.stop.set()
-            await _until_done(future)
+            await until_done(future)
 
 
-async def _until_done(future: asyncio.Future[T]) -> None:
+async def until_done(future: asyncio.Future[T]) -> None:
     """Wait for worker-thread work to end, however often this task is cancelled meanwhile.
 
     grpclib may cancel a handler twice (deadline, then stream reset): the slot must stay taken until the

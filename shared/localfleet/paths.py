@@ -42,6 +42,8 @@ class PathPolicy:
     def writable(self, path: str, field: str) -> Path:
         """A file to (over)write, inside the roots, whose folder exists."""
         resolved = self._inside(path, field)
+        if resolved.is_dir():
+            raise BadInput(f"{field} {path!r} is a folder; send the path of the file to write")
         if not resolved.parent.is_dir():
             raise NotFound(f"{field} {path!r}: folder {str(resolved.parent)!r} does not exist here")
         return resolved

@@ -121,7 +121,8 @@ class Runtime:
             options = parse_options(self.backend.Options, request.Options)
             limits = self.backend.group_limits(options)
             self.admission.check(limits)
-            reason = self.backend.refuse(ref)
+            # Checks that touch the file system (a model file's magic, a voices folder): off the loop.
+            reason = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.refuse, ref)
         except (BackendError, ValueError) as exc:
             return pb.Result(success=False, message=f"{self.backend.name}: {exc}")
         if reason:

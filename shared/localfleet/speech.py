@@ -21,15 +21,14 @@ import contextlib
 import json
 import os
 import secrets
-import threading
 import wave
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from localfleet.backend import Backend
 from localfleet.call import Call
-from localfleet.errors import BadInput, Cancelled, EngineFailure
+from localfleet.errors import BadInput, EngineFailure
 from localfleet.proto import backend_pb2 as pb
 
 CHANNELS = 1
@@ -45,7 +44,6 @@ class SpeechRequest:
     language: str = ""
     #: the voice model LocalAI core names: its models dir joined with the model's file when that exists
     model: str = ""
-    params: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,14 +79,12 @@ def stream_header(sample_rate: int) -> bytes:
     return json.dumps({"sample_rate": sample_rate, "channels": CHANNELS, "sample_format": "s16le"}).encode()
 
 
-def write_wav(dst: Path, utterance: Utterance, stop: threading.Event) -> Written:
+def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Written:
     """Synthesize into a temporary file beside `dst`, then rename it to `dst` (blocking).
 
-    Stops between chunks when `stop` is set; any failure removes the temporary file and leaves `dst`
-    as it was.
+    Calls `check` (the call's `raise_if_stopped`) between chunks; any failure removes the temporary
+    file and leaves `dst` as it was.
     """
-    if dst.is_dir():
-        raise BadInput(f"dst {str(dst)!r} is a folder; send the path of the .wav file to write")
     # Created like any new file (0666 less the umask), so core can read it as it reads its own files.
     partial = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
     try:
@@ -104,7 +100,7 @@ def write_wav(dst: Path, utterance: Utterance, stop: threading.Event) -> Written
             wav.setnchannels(CHANNELS)
             wav.setsampwidth(SAMPLE_WIDTH)
             wav.setframerate(utterance.sample_rate)
-            for chunk in _chunks(utterance, stop):
+            for chunk in _chunks(utterance, check):
                 wav.writeframes(chunk)
                 frames += len(chunk) // SAMPLE_WIDTH
             if not frames:
@@ -120,12 +116,11 @@ def write_wav(dst: Path, utterance: Utterance, stop: threading.Event) -> Written
     return Written(dst, frames, utterance.sample_rate)
 
 
-def _chunks(utterance: Utterance, stop: threading.Event) -> Iterator[bytes]:
+def _chunks(utterance: Utterance, check: Callable[[], None]) -> Iterator[bytes]:
     chunks = utterance.pcm()
     try:
         for chunk in chunks:
-            if stop.is_set():
-                raise Cancelled("TTS stopped: the caller went away or its deadline passed")
+            check()
             if chunk:
                 yield chunk
     finally:
@@ -146,17 +141,15 @@ class SpeechBackend(Backend):
         raise NotImplementedError
 
     async def _resolve(self, request: pb.TTSRequest, call: Call) -> Utterance:
-        language = request.language if request.HasField("language") else ""
-        asked = SpeechRequest(
-            request.text, request.voice.strip(), language.strip(), request.model, dict(request.params)
-        )
+        # `language` is proto3 optional: unset reads as "".
+        asked = SpeechRequest(request.text, request.voice.strip(), request.language.strip(), request.model)
         return await call.run(self.utterance, asked)
 
     async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
         require_text(request.text)
-        dst = call.paths.writable(request.dst, "dst")
+        dst = await call.run(call.paths.writable, request.dst, "dst")  # file system calls: off the loop
         utterance = await self._resolve(request, call)
-        written = await call.run(write_wav, dst, utterance, call.stop)
+        written = await call.run(write_wav, dst, utterance, call.raise_if_stopped)
         return pb.Result(
             success=True,
             message=f"wrote {written.seconds:.2f} s of {written.sample_rate} Hz speech "

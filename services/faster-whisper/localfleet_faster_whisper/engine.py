@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ import ctranslate2
 import faster_whisper
 
 from localfleet.audio import Asked, Segment, Transcription, Word
+from localfleet.cpus import cap_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,10 +21,8 @@ def cuda_devices() -> int:
 
 class Transcriber:
     def __init__(self, model: str, *, device: str, compute_type: str, threads: int, beam_size: int) -> None:
-        # Threads past the cores only make CTranslate2's pool contend with itself.
-        cpu_threads = min(threads, os.cpu_count() or threads) if threads > 0 else 0
         self.model = faster_whisper.WhisperModel(
-            model, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+            model, device=device, compute_type=compute_type, cpu_threads=cap_threads(threads)
         )
         self.beam_size = beam_size
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -37,7 +35,6 @@ class Transcriber:
         `asked.threads` cannot change CTranslate2's pool once loaded; LoadModel's Threads sets it.
         """
         language = asked.language
-        asked.check_language(self.languages, self.multilingual)
         kwargs: dict[str, Any] = {}
         if asked.temperature > 0:  # 0 keeps Whisper's fallback schedule, which starts at 0
             kwargs["temperature"] = asked.temperature

@@ -82,10 +82,6 @@ class FasterWhisper(TranscriptionBackend):
         kind = "multilingual" if transcriber.multilingual else "English-only"
         return f"Whisper {kind} from {source} on {device} ({compute_type})"
 
-    def unload(self) -> str:
-        self.transcriber = None
-        return "model released"
-
 
 def _bundled(name: str) -> str | None:
     """The folder of a size name shipped in an installed package (offline), else None (the hub)."""

@@ -25,7 +25,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AnyStr
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -186,7 +186,7 @@ class ChatOutputParser:
             self._state = _State.CONTENT
             self._skip_space = True
             return True
-        keep = 0 if final else _partial_suffix(self._buf, THINK_CLOSE)
+        keep = 0 if final else partial_suffix(self._buf, THINK_CLOSE)
         cut = len(self._buf) - keep
         out.reasoning += self._buf[:cut]
         self._buf = self._buf[cut:]
@@ -210,7 +210,7 @@ class ChatOutputParser:
             self._json_prefix = marker
             self._state = state
             return True
-        keep = 0 if final else max((_partial_suffix(self._buf, m) for m, _ in self._markers), default=0)
+        keep = 0 if final else max((partial_suffix(self._buf, m) for m, _ in self._markers), default=0)
         cut = len(self._buf) - keep
         out.content += self._buf[:cut]
         self._buf = self._buf[cut:]
@@ -308,7 +308,7 @@ def _call_from(value: Any) -> tuple[str, str, str | None] | None:
     return name, arguments, call_id if isinstance(call_id, str) and call_id else None
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: AnyStr, marker: AnyStr) -> int:
     """Length of the longest end of `text` that is a proper start of `marker` (text to hold back)."""
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:size]):

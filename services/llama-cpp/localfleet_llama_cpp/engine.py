@@ -26,8 +26,9 @@ import llama_cpp._internals as internals
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure
-from localfleet_llama_cpp.chat_output import family_of, opens_reasoning
+from localfleet_llama_cpp.chat_output import family_of, opens_reasoning, partial_suffix
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class LoadSpec:
     path: str
     context_size: int = 4096
     batch: int = 512
-    threads: int = 0  # 0: the library's default
+    threads: int = 0  # 0: every CPU this process may use
     gpu_layers: int = 0
     mmap: bool = True
     mlock: bool = False
@@ -184,8 +185,7 @@ class Engine:
         self._mtmd: Any = None
         self.template, self.fallback_template = self._chat_template()
         self.family = family_of(self.template)
-        self.bos = self.llm.token_bos()
-        self._bos_text = self._token_text(self.bos)
+        self._bos_text = self._token_text(self.llm.token_bos())
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         try:
             self._apply_loras(spec.loras)
@@ -218,9 +218,7 @@ class Engine:
 
             mtmd_cpp.mtmd_free(self._mtmd)
             self._mtmd = None
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            llm.close()  # the context, then the model, which frees its LoRA adapters with it
+        self.llm.close()  # the context, then the model, which frees its LoRA adapters with it
         self._loras = []
 
     def memory(self) -> dict[str, int]:
@@ -246,7 +244,7 @@ class Engine:
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = self.spec.gpu_layers != 0
         params.print_timings = False
-        params.n_threads = threads or max(os.cpu_count() or 1, 1)
+        params.n_threads = threads
         ctx = mtmd_cpp.mtmd_init_from_file(path.encode(), self._model.model, params)
         if not ctx:
             raise BadInput(f"MMProj {path!r} could not be loaded as a multimodal projector for this model")
@@ -341,19 +339,16 @@ class Engine:
     # -- generation --------------------------------------------------------------------------------
     def check_grammar(self, grammar: str) -> None:
         """Raise BadInput when llama.cpp's GBNF parser rejects `grammar` (fast, before any work)."""
-        self._grammar_sampler(grammar, keep=False)
+        llama_cpp.llama_sampler_free(self._grammar_sampler(grammar))
 
-    def _grammar_sampler(self, grammar: str, *, keep: bool) -> Any:
+    def _grammar_sampler(self, grammar: str) -> Any:
         sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
         if not sampler:
             raise BadInput(
                 "Grammar is not valid GBNF (llama.cpp's grammar parser rejected it, or it has no 'root' "
                 "rule); the backend log names the position"
             )
-        if keep:
-            return sampler
-        llama_cpp.llama_sampler_free(sampler)
-        return None
+        return sampler
 
     def _sampler(self, s: Sampling) -> internals.LlamaSampler:
         """The same chain as llama-cpp-python's `Llama._init_sampler`, plus logit bias and ignore_eos."""
@@ -371,7 +366,7 @@ class Engine:
             penalty_present=s.presence_penalty,
         )
         if s.grammar:
-            llama_cpp.llama_sampler_chain_add(chain.sampler, self._grammar_sampler(s.grammar, keep=True))
+            llama_cpp.llama_sampler_chain_add(chain.sampler, self._grammar_sampler(s.grammar))
         seed = _RANDOM_SEED if s.seed < 0 else s.seed & 0xFFFFFFFF
         if s.temperature <= 0.0:
             chain.add_greedy()  # type: ignore[no-untyped-call]
@@ -429,12 +424,10 @@ class Engine:
                 logprobs = [self._logprob(token, sampling.top_logprobs)] if want_logprobs else []
                 held += self.piece(token)
                 cut, finish = _release(held, stops)
-                released, held = held[:cut], held[cut:]
                 if finish is None and produced >= budget:
-                    finish = "length"
+                    cut, finish = len(held), "length"
+                released, held = held[:cut], held[cut:]
                 if finish is not None:
-                    if finish == "length":
-                        released, held = released + held, b""
                     yield step(released, logprobs, finish)
                     return
                 yield step(released, logprobs, None)
@@ -629,32 +622,16 @@ class Engine:
 
 def _release(held: bytes, stops: list[bytes]) -> tuple[int, str | None]:
     """How much of `held` can go out now, and "stop" when a stop string was found (cut before it)."""
-    if not stops:
-        return len(held), None
-    first = -1
-    for s in stops:
-        at = held.find(s)
-        if at >= 0 and (first < 0 or at < first):
-            first = at
+    first = min((at for s in stops if (at := held.find(s)) >= 0), default=-1)
     if first >= 0:
         return first, "stop"
-    keep = 0
-    for s in stops:
-        for size in range(min(len(s) - 1, len(held)), keep, -1):
-            if held.endswith(s[:size]):
-                keep = size
-                break
-    return len(held) - keep, None
+    return len(held) - max((partial_suffix(held, s) for s in stops), default=0), None
 
 
 def _threads(requested: int) -> int:
-    """Requested threads, at most the CPUs this process may use: more only makes llama.cpp spin."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if requested <= 0:
-        return available
-    if requested > available:
-        log.info("Threads %d capped at the %d CPUs available to this process", requested, available)
-    return min(requested, available)
+    """Requested threads, at most the CPUs this process may use (more only makes llama.cpp spin);
+    0: all of them."""
+    return cap_threads(requested) or usable()
 
 
 def _cache_type(field_name: str, name: str) -> int | None:

@@ -131,16 +131,7 @@ class LlamaCpp(Backend):
     async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
         engine = self.engine()
         job = await call.run(self._job, engine, request)
-        data, last, logprobs = await call.run(_complete, engine, job, call)
-        reply = _reply(data, last)
-        if logprobs:
-            reply.logprobs = _logprobs_json(logprobs)
-        if job.chat:
-            text = data.decode("utf-8", errors="replace")
-            message = parse(text, job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
-            if message:
-                reply.chat_deltas.append(_chat_delta(message))
-        return reply
+        return await call.run(_complete, engine, job, call)
 
     async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
         engine = self.engine()
@@ -151,19 +142,19 @@ class LlamaCpp(Backend):
             else None
         )
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        logprobs: list[dict[str, Any]] = []
+        logprobs: list[str] = []  # each entry JSON-encoded once
         produced = 0
         async for step in call.iterate(engine.generate, job.prompt, job.sampling, call.stop):
             call.count_tokens(step.tokens - produced)
             produced = step.tokens
             reply = _reply(step.text, step)
             last = step.finish is not None
-            if step.logprobs:
-                logprobs.extend(step.logprobs)
-                # Each chunk carries its tokens; the last carries them all (core keeps the last it sees).
-                reply.logprobs = _logprobs_json(logprobs if last else step.logprobs)
-            elif last and logprobs:
-                reply.logprobs = _logprobs_json(logprobs)
+            new = _encoded(step.logprobs)
+            logprobs.extend(new)
+            # Each chunk carries its tokens; the last carries them all (core keeps the last it sees).
+            chunk = logprobs if last else new
+            if chunk:
+                reply.logprobs = _logprobs_json(chunk)
             if parser is not None:
                 delta = parser.feed(decoder.decode(step.text, final=last))
                 if last:
@@ -348,10 +339,10 @@ def _logit_bias(text: str, n_vocab: int) -> dict[int, float]:
     return bias
 
 
-def _complete(engine: Engine, job: Job, call: Call) -> tuple[bytes, Step | None, list[dict[str, Any]]]:
-    """Predict in a worker thread: the whole text, the last step (counts and timings), every logprob."""
+def _complete(engine: Engine, job: Job, call: Call) -> pb.Reply:
+    """Predict in a worker thread, reply included (logprobs JSON and chat parsing stay off the loop)."""
     parts: list[bytes] = []
-    logprobs: list[dict[str, Any]] = []
+    logprobs: list[str] = []
     last = None
     produced = 0
     steps: Iterator[Step] = engine.generate(job.prompt, job.sampling, call.stop)
@@ -359,9 +350,18 @@ def _complete(engine: Engine, job: Job, call: Call) -> tuple[bytes, Step | None,
         call.count_tokens(step.tokens - produced)
         produced = step.tokens
         parts.append(step.text)
-        logprobs.extend(step.logprobs)
+        logprobs.extend(_encoded(step.logprobs))
         last = step
-    return b"".join(parts), last, logprobs
+    data = b"".join(parts)
+    reply = _reply(data, last)
+    if logprobs:
+        reply.logprobs = _logprobs_json(logprobs)
+    if job.chat:
+        text = data.decode("utf-8", errors="replace")
+        message = parse(text, job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
+        if message:
+            reply.chat_deltas.append(_chat_delta(message))
+    return reply
 
 
 def _reply(text: bytes, step: Step | None) -> pb.Reply:
@@ -376,8 +376,13 @@ def _reply(text: bytes, step: Step | None) -> pb.Reply:
     )
 
 
-def _logprobs_json(entries: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"content": entries}, ensure_ascii=False).encode()
+def _encoded(entries: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(entry, ensure_ascii=False) for entry in entries]
+
+
+def _logprobs_json(encoded: list[str]) -> bytes:
+    """`{"content": [...]}` from entries encoded one by one: the bytes json.dumps gives the whole."""
+    return ('{"content": [' + ", ".join(encoded) + "]}").encode()
 
 
 def _chat_delta(delta: Delta) -> pb.ChatDelta:

@@ -7,7 +7,6 @@ name (`type: t5`, `mxbaiv2`, ...) run through the rerankers library. Plain Pytho
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from localfleet.errors import EngineFailure, NotFound, Refused
-
-log = logging.getLogger(__name__)
 
 #: pairs per forward pass: bounds activation memory when a batch holds many long documents
 CHUNK = 64

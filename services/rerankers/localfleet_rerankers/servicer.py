@@ -6,7 +6,6 @@ Results come back as core passes them to the user: sorted by descending relevanc
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,6 @@ from localfleet.proto import backend_pb2 as pb
 if TYPE_CHECKING:
     from localfleet_rerankers.engine import Ranker, Scored
 
-log = logging.getLogger(__name__)
 
 #: ModelOptions.Type -> the rerankers library's model_type ("" = sentence-transformers' CrossEncoder)
 TYPES = {

@@ -7,15 +7,15 @@ one window a run, as Silero and LocalAI's gallery ship `silero_vad.onnx`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import onnxruntime
 
-from localfleet.errors import Cancelled, Refused
+from localfleet.audio import SAMPLE_RATE
+from localfleet.errors import Refused
 
-RATE = 16_000
+RATE = SAMPLE_RATE
 WINDOW = 512  # samples a probability covers at 16 kHz
 CONTEXT = 64  # samples of the previous window the model sees with each one
 _BATCH = 10_000  # windows per run of the sequence model
@@ -35,7 +35,7 @@ class Detector:
         except Exception as exc:
             raise Refused(f"{path!r} is not an ONNX model ONNX Runtime can load: {exc}") from None
         inputs = {i.name for i in self.session.get_inputs()}
-        self._probabilities: Callable[[np.ndarray, threading.Event], np.ndarray]
+        self._probabilities: Callable[[np.ndarray, Callable[[], None]], np.ndarray]
         if {"input", "h", "c"} <= inputs:
             self.kind = "sequence"
             self._probabilities = self._sequence
@@ -48,21 +48,21 @@ class Detector:
                 f"{path!r} has inputs {sorted(inputs)}, not Silero VAD's (input+h+c or input+state[+sr])"
             )
 
-    def probabilities(self, audio: np.ndarray, stop: threading.Event) -> np.ndarray:
+    def probabilities(self, audio: np.ndarray, check: Callable[[], None]) -> np.ndarray:
         """Speech probability of each whole 512-sample window (a trailing part-window is not judged)."""
-        return self._probabilities(_windows(audio), stop)
+        return self._probabilities(_windows(audio), check)
 
-    def _sequence(self, windows: np.ndarray, stop: threading.Event) -> np.ndarray:
+    def _sequence(self, windows: np.ndarray, check: Callable[[], None]) -> np.ndarray:
         h = np.zeros((1, 1, 128), dtype=np.float32)
         c = np.zeros((1, 1, 128), dtype=np.float32)
         out = []
         for first in range(0, len(windows), _BATCH):
-            _check(stop)
+            check()
             probs, h, c = self.session.run(None, {"input": windows[first : first + _BATCH], "h": h, "c": c})
             out.append(np.asarray(probs, dtype=np.float32).reshape(-1))
         return np.concatenate(out)
 
-    def _streaming(self, windows: np.ndarray, stop: threading.Event) -> np.ndarray:
+    def _streaming(self, windows: np.ndarray, check: Callable[[], None]) -> np.ndarray:
         state = np.zeros((2, 1, 128), dtype=np.float32)
         feeds: dict[str, np.ndarray] = {}
         if self._with_rate:
@@ -70,7 +70,7 @@ class Detector:
         probs = np.empty(len(windows), dtype=np.float32)
         for index, window in enumerate(windows):
             if index % 256 == 0:
-                _check(stop)
+                check()
             output, state = self.session.run(None, {**feeds, "input": window[None, :], "state": state})
             probs[index] = float(np.asarray(output).reshape(-1)[0])
         return probs
@@ -114,8 +114,3 @@ def _windows(audio: np.ndarray) -> np.ndarray:
     context = np.zeros((n, CONTEXT), dtype=np.float32)
     context[1:] = frames[:-1, -CONTEXT:]
     return np.concatenate([context, frames], axis=1)
-
-
-def _check(stop: threading.Event) -> None:
-    if stop.is_set():
-        raise Cancelled("VAD stopped: the caller went away or its deadline passed")

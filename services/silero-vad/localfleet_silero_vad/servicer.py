@@ -21,7 +21,7 @@ from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    import threading
+    from collections.abc import Callable
 
     import numpy as np
 
@@ -77,10 +77,10 @@ class SileroVAD(Backend):
                 f"VAD audio has {len(request.audio)} samples; at least {MIN_SAMPLES} (32 ms at 16 kHz) "
                 "are needed"
             )
-        segments = await call.run(self._detect, request.audio, call.stop)
+        segments = await call.run(self._detect, request.audio, call.raise_if_stopped)
         return pb.VADResponse(segments=[pb.VADSegment(start=s, end=e) for s, e in segments])
 
-    def _detect(self, samples: object, stop: threading.Event) -> list[tuple[float, float]]:
+    def _detect(self, samples: object, check: Callable[[], None]) -> list[tuple[float, float]]:
         import numpy as np
 
         from localfleet_silero_vad.engine import speech_segments
@@ -92,7 +92,7 @@ class SileroVAD(Backend):
         _check_pcm(audio)
         audio = np.clip(audio, -1.0, 1.0)
         options = self._options
-        probs = detector.probabilities(audio, stop)
+        probs = detector.probabilities(audio, check)
         return speech_segments(
             probs, len(audio), options.threshold, options.min_silence_ms, options.speech_pad_ms
         )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,9 +31,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
 
-log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
 
 Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
@@ -94,7 +92,7 @@ def load(spec: LoadSpec) -> TextModel:
     kind = _kind(spec, local)
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if spec.threads > 0:
-        torch.set_num_threads(min(spec.threads, os.cpu_count() or spec.threads))
+        torch.set_num_threads(cap_threads(spec.threads))
     common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if local.is_dir():
         common["local_files_only"] = True  # a local folder never reaches for the network
@@ -241,8 +239,6 @@ class TextModel:
 
     def generate(self, ids: list[int], sampling: Sampling, stop: threading.Event) -> Iterator[Piece]:
         """Generate after `ids`, yielding text as the streamer finalises it; stops when `stop` is set."""
-        if not self.can_generate:
-            raise BadInput(f"the loaded model ({self.name}) cannot generate text; load a causal LM")
         halt = threading.Event()  # set by stop strings or by the consumer leaving
         progress = _Progress()
         streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

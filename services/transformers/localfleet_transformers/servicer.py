@@ -8,10 +8,9 @@ the caller goes away.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -23,11 +22,8 @@ from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    from localfleet_transformers.engine import Piece, Sampling, TextModel
+    from localfleet_transformers.engine import Kind, Piece, Sampling, TextModel
 
-log = logging.getLogger(__name__)
-
-Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
 
 #: ModelOptions.Type as LocalAI model configs write it; empty picks by the folder's contents
 KINDS: dict[str, Kind] = {

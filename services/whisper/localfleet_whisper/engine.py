@@ -18,6 +18,7 @@ from pywhispercpp import utils
 from pywhispercpp.model import Model
 
 from localfleet.audio import SAMPLE_RATE, Asked, Segment, Transcription, Word
+from localfleet.cpus import cap_threads, usable
 from localfleet.errors import EngineFailure, Refused
 
 _CENTISECOND = 0.01  # whisper.cpp's time unit
@@ -37,7 +38,7 @@ def resolve(name: str, models_dir: str) -> str:
 
 class Transcriber:
     def __init__(self, path: str, threads: int) -> None:
-        self.threads = _cap(threads) or min(4, os.cpu_count() or 1)
+        self.threads = cap_threads(threads) or min(4, usable())
         self.model = Model(
             path,
             redirect_whispercpp_logs_to=None,
@@ -54,8 +55,7 @@ class Transcriber:
 
     def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
         language = asked.language
-        asked.check_language(self.languages, self.multilingual)
-        threads = _cap(asked.threads) or self.threads
+        threads = cap_threads(asked.threads) or self.threads
         if not language:
             language = "en"
             if self.multilingual:
@@ -134,8 +134,3 @@ class Transcriber:
                 if text.strip()
             ],
         )
-
-
-def _cap(threads: int) -> int:
-    """Threads past the cores only make whisper.cpp's workers contend; 0 stays 0 (the default)."""
-    return min(threads, os.cpu_count() or threads) if threads > 0 else 0

@@ -51,7 +51,3 @@ class Whisper(TranscriptionBackend):
         self.transcriber = transcriber
         kind = "multilingual" if transcriber.multilingual else "English-only"
         return f"whisper.cpp {kind} model from {path}, {transcriber.threads} threads"
-
-    def unload(self) -> str:
-        self.transcriber = None
-        return "model released"
