@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
@@ -34,6 +35,7 @@ class ModelRef:
     name: str  # `Model` as the user wrote it: the identity later requests are checked against
     path: str  # `ModelFile` when that file exists, else `Model`
     model_dir: str  # `ModelPath`, the models directory ("" when not sent)
+    type: str = ""  # `Type`: the model class or kind a backend is asked to load it as
 
     @classmethod
     def from_request(cls, request: pb.ModelOptions) -> ModelRef:
@@ -42,6 +44,7 @@ class ModelRef:
             name=request.Model,
             path=request.ModelFile if use_file else request.Model,
             model_dir=request.ModelPath,
+            type=request.Type,
         )
 
 
@@ -90,3 +93,24 @@ class Backend:
     def close(self) -> None:
         """At exit, after the last call: flush whatever must survive a restart (blocking)."""
         self.unload()
+
+
+#: single-file formats other backends serve; core probes every backend with a model name
+OTHER_FORMATS = (".gguf", ".ggml", ".onnx", ".bin", ".pt", ".pth")
+
+
+def folder_refusal(model: ModelRef, what: str, markers: tuple[str, ...] = ("config.json",)) -> str | None:
+    """Why `model` is not a Hugging Face model folder or hub id (`what`: "a transformers model"), or None.
+
+    For backends that load folders: fast file checks only, for `Backend.refuse`.
+    """
+    if "://" in model.name:
+        return "it serves model folders and Hugging Face model ids, not URLs"
+    path = Path(model.path)
+    if path.suffix.lower() in OTHER_FORMATS or path.is_file():
+        return f"{model.path!r} is a single file; {what} is a folder (config.json, weights)"
+    if path.is_absolute() and not path.exists():
+        return f"model folder {model.path!r} does not exist on this machine"
+    if path.is_dir() and not any((path / marker).is_file() for marker in markers):
+        return f"{model.path!r} has no config.json: it is not a transformers model folder"
+    return None

@@ -172,3 +172,14 @@ async def test_a_t5_reranker_runs_through_the_rerankers_library(tmp_path: Path) 
     assert [r.relevance_score for r in result.results] == pytest.approx([s for _, s in best], abs=1e-5)
     prompts = [library.inputs_template.format(query=QUERY, text=d) for d in DOCUMENTS]
     assert result.usage.total_tokens == sum(len(library.tokenizer(p)["input_ids"]) for p in prompts)
+
+
+async def test_an_api_reranker_type_leaves_the_loaded_model_serving(cross_encoder: Path) -> None:
+    async with serving(Rerankers()) as served:
+        assert (await served.client.backend.LoadModel(pb.ModelOptions(Model=str(cross_encoder)))).success
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=str(cross_encoder), Type="cohere")
+        )
+        assert not result.success
+        assert "'cohere'" in result.message
+        assert len((await rerank(served, QUERY, DOCUMENTS)).results) == len(DOCUMENTS)

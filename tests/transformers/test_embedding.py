@@ -166,3 +166,16 @@ async def test_on_a_gpu_the_model_loads_there_and_status_counts_its_memory(minil
         assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
         status = await served.client.backend.Status(pb.HealthMessage())
         assert any(k.startswith("gpu") and v > 0 for k, v in status.memory.breakdown.items())
+
+
+async def test_an_unknown_type_leaves_the_loaded_model_serving(minilm: str) -> None:
+    async with serving(Transformers()) as served:
+        assert (await served.client.backend.LoadModel(pb.ModelOptions(Model=minilm))).success
+        result = await served.client.backend.LoadModel(
+            pb.ModelOptions(Model=minilm, Type="MusicgenForCausalLM")
+        )
+        assert not result.success
+        assert "MusicgenForCausalLM" in result.message
+        assert len((await embed(served, FOOD)).embeddings) == 384
+        status = await served.client.backend.Status(pb.HealthMessage())
+        assert status.state == pb.StatusResponse.READY

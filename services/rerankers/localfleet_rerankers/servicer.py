@@ -6,15 +6,14 @@ Results come back as core passes them to the user: sorted by descending relevanc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from localfleet.backend import Backend, ModelRef
+from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchLimits
 from localfleet.call import Call
-from localfleet.errors import BadInput, NotLoaded, Refused
+from localfleet.errors import BadInput, NotLoaded
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
@@ -30,7 +29,6 @@ TYPES = {
     "sentence-transformers": "",
     "t5": "t5",
 }
-_OTHER_FORMATS = (".gguf", ".ggml", ".onnx", ".bin", ".pt", ".pth")
 
 
 class RerankersOptions(BackendOptions):
@@ -50,23 +48,14 @@ class Rerankers(Backend):
         self._batcher: Batcher[tuple[str, list[str]], Scored] | None = None
 
     def refuse(self, model: ModelRef) -> str | None:
-        if "://" in model.name:
-            return "it serves model folders and Hugging Face model ids, not URLs"
-        path = Path(model.path)
-        if path.suffix.lower() in _OTHER_FORMATS or path.is_file():
-            return f"{model.path!r} is a single file; a reranking model is a folder (config.json, weights)"
-        if path.is_absolute() and not path.exists():
-            return f"model folder {model.path!r} does not exist on this machine"
-        if path.is_dir() and not (path / "config.json").is_file():
-            return f"{model.path!r} has no config.json: it is not a transformers model folder"
-        return None
+        if model.type.lower() not in TYPES:
+            served = ", ".join(repr(t) for t in TYPES if t)
+            return f"Type {model.type!r} is not served here; leave it empty or use one of {served}"
+        return folder_refusal(model, "a reranking model")
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, RerankersOptions)
-        model_type = TYPES.get(request.Type.lower())
-        if model_type is None:
-            served = ", ".join(repr(t) for t in TYPES if t)
-            raise Refused(f"Type {request.Type!r} is not served here; leave it empty or use one of {served}")
+        model_type = TYPES[model.type.lower()]  # refuse() checked it
         from localfleet_rerankers.engine import LoadSpec, load  # torch: imported with the first model
 
         ranker = load(

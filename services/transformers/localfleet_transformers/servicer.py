@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from localfleet.backend import Backend, ModelRef
+from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchLimits
 from localfleet.call import Call
-from localfleet.errors import BadInput, NotLoaded, Refused
+from localfleet.errors import BadInput, NotLoaded
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
@@ -32,8 +32,6 @@ KINDS: dict[str, Kind] = {
     "automodel": "encoder",
     "automodelforcausallm": "causal-lm",
 }
-#: single-file formats other backends serve; core probes every backend with a model name
-_OTHER_FORMATS = (".gguf", ".ggml", ".onnx", ".bin", ".pt", ".pth")
 
 
 class TransformersOptions(BackendOptions):
@@ -62,22 +60,13 @@ class Transformers(Backend):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
-        if "://" in model.name:
-            return "it serves model folders and Hugging Face model ids, not URLs"
-        path = Path(model.path)
-        if path.suffix.lower() in _OTHER_FORMATS or path.is_file():
-            return f"{model.path!r} is a single file; a transformers model is a folder (config.json, weights)"
-        if path.is_absolute() and not path.exists():
-            return f"model folder {model.path!r} does not exist on this machine"
-        if path.is_dir() and not any((path / f).is_file() for f in ("config.json", "modules.json")):
-            return f"{model.path!r} has no config.json: it is not a transformers model folder"
-        return None
+        if model.type and model.type.lower() not in KINDS:
+            return f"Type {model.type!r} is not served here; use one of {', '.join(sorted(KINDS))}"
+        return folder_refusal(model, "a transformers model", ("config.json", "modules.json"))
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, TransformersOptions)
-        kind = KINDS.get(request.Type.lower()) if request.Type else None
-        if request.Type and kind is None:
-            raise Refused(f"Type {request.Type!r} is not served here; use one of {', '.join(sorted(KINDS))}")
+        kind = KINDS[model.type.lower()] if model.type else None  # refuse() checked it
         from localfleet_transformers.engine import LoadSpec, load  # torch: imported with the first model
 
         loaded = load(
