@@ -32,16 +32,15 @@ import signal
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from localfleet.client import connect
+from localfleet.client import Client, connect, wait_healthy
 from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import free_port
+from localfleet.testing import spawn
 
 PROMPT = "The history of the city of Paris begins"
 
@@ -210,18 +209,6 @@ async def health_during_generation(addr: str, tokens: int) -> list[float]:
     return await probe
 
 
-async def wait_healthy(addr: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            async with connect(addr) as client:
-                if await client.healthy(timeout=1):
-                    return
-        except (OSError, TimeoutError):
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"{addr} never answered Health")
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -239,13 +226,10 @@ async def main() -> None:
     args = parser.parse_args()
     model = gemma(args.gguf)
 
-    addr = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "localfleet", "serve", "llama-cpp", "--addr", addr, "--log-level", "ERROR"],
-        env={**os.environ, "LOCALAI_BACKEND_PARENT_WATCH": "false"},
-    )
-    try:
-        await wait_healthy(addr)
+    env = {"LOCALAI_BACKEND_PARENT_WATCH": "false"}
+    with spawn("llama-cpp", "--log-level", "ERROR", env=env, timeout=60) as server:
+        addr = server.addr
+        await wait_healthy(addr, 60)
         async with connect(addr) as client:
             result = await client.backend.LoadModel(
                 pb.ModelOptions(
@@ -272,9 +256,6 @@ async def main() -> None:
         firsts: list[float] = []
         local, local_first, rates = await rounds(args, model, readers)
         health = await health_during_generation(addr, args.tokens * 3)
-    finally:
-        server.terminate()
-        server.wait()
 
     def ratio(name: str) -> str:
         # Per-round ratios: a burst of load from elsewhere slows one round, not the figure.
@@ -333,9 +314,9 @@ async def _rate(measure: Awaitable[tuple[float, float]], firsts: list[float]) ->
     return rate
 
 
-async def _idle_health(client: object) -> list[float]:
+async def _idle_health(client: Client) -> list[float]:
     samples = []
-    backend = client.backend  # type: ignore[attr-defined]
+    backend = client.backend
     for _ in range(300):
         started = time.perf_counter()
         await backend.Health(pb.HealthMessage())

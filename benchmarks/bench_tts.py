@@ -127,7 +127,6 @@ def report(subject: Subject, grpc: list[Timing], bare: list[Timing]) -> None:
 
 async def bench(subject: Subject, runs: int) -> None:
     synthesize = subject.bare()
-    # Logs stay at INFO: spawn() waits for the "serving on" line.
     with spawn(subject.backend, timeout=60) as process:
         await wait_loaded(process.addr, subject.model)
         grpc: list[Timing] = []
