@@ -37,8 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from pydantic import Field
+
 from localfleet.call import until_done
 from localfleet.errors import Cancelled, EngineFailure
+from localfleet.options import BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,16 @@ class BatchLimits:
             window=(settings.batch_window_ms if window_ms is None else window_ms) / 1000,
             max_size=settings.batch_max_size if max_size is None else max_size,
         )
+
+
+class BatchOptions(BackendOptions):
+    """LoadModel options of a batching backend: per-model values over the settings."""
+
+    batch_window_ms: float | None = Field(None, ge=0, description="default LOCALFLEET_BATCH_WINDOW_MS")
+    batch_max_size: int | None = Field(None, ge=1, description="default LOCALFLEET_BATCH_MAX_SIZE")
+
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits.from_settings(self.batch_window_ms, self.batch_max_size)
 
 
 @dataclass(eq=False)

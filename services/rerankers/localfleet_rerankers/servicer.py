@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from localfleet.backend import Backend, ModelRef, folder_refusal
-from localfleet.batching import Batcher, BatchLimits
+from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
-from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -31,10 +30,8 @@ TYPES = {
 }
 
 
-class RerankersOptions(BackendOptions):
+class RerankersOptions(BatchOptions):
     device: str | None = Field(None, description="cpu, cuda, cuda:1; default cuda when available")
-    batch_window_ms: float | None = Field(None, ge=0, description="default LOCALFLEET_BATCH_WINDOW_MS")
-    batch_max_size: int | None = Field(None, ge=1, description="default LOCALFLEET_BATCH_MAX_SIZE")
 
 
 class Rerankers(Backend):
@@ -67,7 +64,7 @@ class Rerankers(Backend):
                 trust_remote_code=request.TrustRemoteCode,
             )
         )
-        limits = BatchLimits.from_settings(options.batch_window_ms, options.batch_max_size)
+        limits = options.batch_limits()
         self._ranker = ranker
         self._batcher = Batcher(ranker.score, limits, name="rerankers")
         return f"{ranker.name}; requests batched up to {limits.max_size} within {limits.window * 1e3:g} ms"

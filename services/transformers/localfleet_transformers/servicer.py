@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field
 
 from localfleet.backend import Backend, ModelRef, folder_refusal
-from localfleet.batching import Batcher, BatchLimits
+from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
-from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -34,12 +33,10 @@ KINDS: dict[str, Kind] = {
 }
 
 
-class TransformersOptions(BackendOptions):
+class TransformersOptions(BatchOptions):
     device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; default cuda when available")
     max_tokens: int = Field(512, ge=1, description="new tokens when a request's Tokens is 0")
     max_generations: int = Field(1, ge=1, description="generations run at once (each holds a KV cache)")
-    batch_window_ms: float | None = Field(None, ge=0, description="default LOCALFLEET_BATCH_WINDOW_MS")
-    batch_max_size: int | None = Field(None, ge=1, description="default LOCALFLEET_BATCH_MAX_SIZE")
 
 
 class Transformers(Backend):
@@ -80,7 +77,7 @@ class Transformers(Backend):
                 threads=request.Threads,
             )
         )
-        limits = BatchLimits.from_settings(options.batch_window_ms, options.batch_max_size)
+        limits = options.batch_limits()
         self._model = loaded
         self._batcher = Batcher(loaded.embed, limits, name="transformers-embed")
         self._options = options
