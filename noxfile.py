@@ -1,39 +1,53 @@
-"""Project sessions: `nox -s lint types tests` is the README's test command; `deploy` needs Docker."""
+"""Project sessions: `nox -s lint types tests` is the README's test command; `deploy` needs Docker.
+
+Every backend is tested in an environment of its own (`tests-<backend>`), built from its own declared
+dependencies exactly as `localfleet install` builds it (localfleet.environments.plan), plus its `test`
+extra and the other backends its tests use (`test-with`). The runtime's own tests run in a light
+environment (no numpy, no torch). Environments are built with uv: one shared cache, so a wheel is
+downloaded, or llama-cpp-python compiled, once for all of them.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "shared"))  # the matrix reader is stdlib-only: no install needed to read it
+
+from localfleet.environments import plan, reachable  # noqa: E402 (after the path above)
+from localfleet.matrix import load  # noqa: E402
+
+MATRIX = load(ROOT)
+BACKENDS = sorted(MATRIX.backends)
 
 nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
+nox.options.default_venv_backend = "uv"
 
-# llama-cpp-python builds from source here (no binary wheel): a portable CPU build, cached by pip after.
-os.environ.setdefault("CMAKE_ARGS", "-DGGML_NATIVE=OFF")
+# uv reads no pip.conf: a wheel folder given to pip (these machines keep torch's CPU build in one) counts.
+if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+# uv prints what it builds (llama-cpp-python compiles for minutes on a first run): say so, not silence.
+os.environ.setdefault("UV_NO_PROGRESS", "0")
 
-# Every backend whose engine installs offline on a CPU machine, and the test-only groups (models, speech
-# clips, parity tools): the tests use all of them.
-EXTRAS = ",".join(
-    [
-        "local-store",
-        "llama-cpp",
-        "llama-cpp-models",
-        "llama-cpp-parity",
-        "dev",
-        "deploy",
-        "transformers",
-        "rerankers",
-        "faster-whisper",
-        "speech-clips",
-        "whisper",
-        "silero-vad",
-        "silero-vad-models",
-        "piper",
-        "kokoro",
-    ]
-)
+RUNTIME = ["-e", "shared[dev,deploy,install]"]
+# The runtime's own tests: no backend installed beside them.
+RUNTIME_TESTS = ["tests/runtime", "tests/test_contract.py", "tests/test_fleet.py", "tests/deploy"]
+RUNTIME_TYPED = ["shared", "protos", "noxfile.py", *RUNTIME_TESTS, "tests/conftest.py", "tests/cli_run.py"]
+
+
+def tests_folder(backend: str) -> str:
+    return f"tests/{backend.replace('-', '_')}"
+
+
+def mypy_path(*backends: str) -> str:
+    """The source folders of what an environment holds (editable installs hide them from mypy)."""
+    return os.pathsep.join([str(ROOT / "shared"), *(str(MATRIX.backends[b].folder) for b in backends)])
 
 
 @nox.session
@@ -45,35 +59,87 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    session.install("-e", f".[{EXTRAS}]")
-    session.run("mypy", "shared", "services", "tests", "benchmarks", "protos", "noxfile.py")
-
-
-@nox.session
-def protos(session: nox.Session) -> None:
-    """Regenerate shared/localfleet/proto from protos/backend.proto (commit the result)."""
-    session.install("-e", f".[{EXTRAS}]")
-    session.run("python", "protos/generate.py")
+    """The runtime, strict; each backend is type-checked in its own environment by tests-<backend>."""
+    # The audio extra too: localfleet.audio and `call vad` import numpy, av and soundfile when used.
+    session.install("-e", "shared[dev,deploy,install,audio]")
+    session.run("mypy", *RUNTIME_TYPED, env={"MYPYPATH": mypy_path()})
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", f".[{EXTRAS}]")
-    session.run("pytest", *session.posargs)
+    """The runtime's tests here, then every backend's in its own environment (tests-<backend>)."""
+    session.install(*RUNTIME)
+    session.run("pytest", *RUNTIME_TESTS, *session.posargs)
+    for backend in BACKENDS:
+        session.notify(f"tests-{backend}", session.posargs)
+
+
+def install_backend(session: nox.Session, backend: str) -> None:
+    """The backend's cpu build as `localfleet install` makes it, with its tests' extras and companions."""
+    cell = MATRIX.build(backend, "cpu")
+    steps = plan(
+        cell,
+        Path(session.virtualenv.location),
+        m=MATRIX,
+        editable=True,
+        extras=["test"],
+        with_backends=MATRIX.backends[backend].test_with,
+        uv="uv",
+        runtime_extras=["dev"],
+        torch_index_reachable=not cell.torch_index or reachable(cell.torch_index),
+    )
+    for note in steps.notes:
+        session.log(note)
+    session.install(*steps.args, env=cell.build_env)
+
+
+def _backend_session(backend: str) -> None:
+    package = MATRIX.backends[backend]
+
+    @nox.session(name=f"tests-{backend}")
+    def run(session: nox.Session) -> None:
+        install_backend(session, backend)
+        typed = [str(package.folder), tests_folder(backend), *package.benchmarks]
+        held = mypy_path(backend, *package.test_with)
+        session.run("mypy", "--cache-dir", f".mypy_cache/{backend}", *typed, env={"MYPYPATH": held})
+        session.run("pytest", tests_folder(backend), *session.posargs)
+
+
+for _name in BACKENDS:
+    _backend_session(_name)
 
 
 @nox.session
 def deploy(session: nox.Session) -> None:
     """Build the base image and local-store image, `docker compose up --wait`, call it from the host."""
-    session.install("-e", f".[{EXTRAS}]")
+    session.install(*RUNTIME)
     session.run("bash", "scripts/ci-deploy.sh", external=True)
     session.run("pytest", "-m", "docker", "tests/deploy", *session.posargs)
 
 
 @nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate shared/localfleet/proto from protos/backend.proto (commit the result)."""
+    session.install(*RUNTIME)
+    session.run("python", "protos/generate.py")
+
+
+def _bench_session(backend: str) -> None:
+    @nox.session(name=f"bench-{backend}")
+    def run(session: nox.Session) -> None:
+        install_backend(session, backend)
+        for script in MATRIX.backends[backend].benchmarks:
+            session.run("python", script, *session.posargs)
+
+
+for _name in BACKENDS:
+    if MATRIX.backends[_name].benchmarks:
+        _bench_session(_name)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
-    """Print the runtime and store figures the issues set targets for."""
-    session.install("-e", f".[{EXTRAS}]")
-    session.run("python", "benchmarks/bench_runtime.py", *session.posargs)
-    for script in ("bench_embeddings.py", "bench_audio.py", "bench_tts.py", "bench_llama_cpp.py"):
-        session.run("python", f"benchmarks/{script}")
+    """Every benchmark, each in its backend's environment (bench-<backend>)."""
+    for backend in BACKENDS:
+        if MATRIX.backends[backend].benchmarks:
+            session.notify(f"bench-{backend}")

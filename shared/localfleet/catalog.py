@@ -1,4 +1,4 @@
-"""The backends this installation knows, from the `localfleet.backends` entry points (no import needed)."""
+"""The backends this environment holds, from the `localfleet.backends` entry points (no import needed)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from localfleet.backend import Backend
 
 GROUP = "localfleet.backends"
-DISTRIBUTION = "localfleet"
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
     target: str  # "module:Class"
+    distribution: str = ""  # the package that registered it (localfleet-<name>)
 
     def missing(self) -> list[str]:
-        """Packages of this backend's optional-dependency group that are not installed."""
-        return [req for req in _extra_requirements(self.name) if not _installed(req)]
+        """Packages the backend's own package requires that are not installed here."""
+        return [req for req in _requirements(self.distribution) if not _installed(req)]
 
     def load(self) -> type[Backend]:
         cls = md.EntryPoint(self.name, self.target, GROUP).load()
@@ -29,7 +29,11 @@ class Entry:
 
 
 def entries() -> dict[str, Entry]:
-    return {ep.name: Entry(ep.name, ep.value) for ep in md.entry_points(group=GROUP)}
+    found = {}
+    for ep in md.entry_points(group=GROUP):
+        dist = ep.dist.metadata["Name"] if ep.dist is not None else ""
+        found[ep.name] = Entry(ep.name, ep.value, dist)
+    return found
 
 
 def find(name: str) -> Entry:
@@ -38,17 +42,23 @@ def find(name: str) -> Entry:
         return Entry(name, name)
     known = entries()
     if name not in known:
-        raise LookupError(f"unknown backend {name!r}; known: {', '.join(sorted(known)) or 'none'}")
+        raise LookupError(
+            f"backend {name!r} is not installed in this environment (it has: "
+            f"{', '.join(sorted(known)) or 'none'}); `localfleet install {name}` builds its own"
+        )
     return known[name]
 
 
-def _extra_requirements(extra: str) -> list[str]:
+def _requirements(distribution: str) -> list[str]:
+    if not distribution:
+        return []
     try:
-        requires = md.requires(DISTRIBUTION) or []
+        requires = md.requires(distribution) or []
     except md.PackageNotFoundError:
         return []
-    marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(extra) + """["']""")
-    return [req.split(";")[0].strip() for req in requires if marker.search(req)]
+    # Its own dependencies, not those of its optional groups (models, tests, other build types).
+    own = [req for req in requires if ";" not in req or "extra" not in req.split(";", 1)[1]]
+    return [req.split(";")[0].strip() for req in own]
 
 
 def _installed(requirement: str) -> bool:

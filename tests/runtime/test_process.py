@@ -127,30 +127,6 @@ def test_backend_exits_when_its_parent_dies(tmp_path: object) -> None:
     pytest.fail("the backend outlived its parent")
 
 
-def test_serving_imports_no_engine_before_load() -> None:
-    """The port opens before any heavy import: numpy (and torch...) come with LoadModel."""
-    probe = textwrap.dedent(
-        """
-        import asyncio, sys
-        from localfleet import catalog
-        from localfleet.server import BackendServer
-        from localfleet.settings import Settings
-
-        async def main():
-            app = BackendServer(catalog.find("local-store").load()(), Settings(addr="127.0.0.1:0"))
-            await app.start()
-            heavy = sorted(m for m in ("numpy", "torch", "llama_cpp") if m in sys.modules)
-            app.stop(0)
-            await app.wait_stopped()
-            print(",".join(heavy) or "none")
-
-        asyncio.run(main())
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "none", out.stderr
-
-
 def test_unknown_backend_fails_with_a_clear_message() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "localfleet", "serve", "no-such-backend"],

@@ -12,9 +12,9 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("localfleet.up")
 
@@ -23,6 +23,12 @@ _MAX_PAUSE = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backends", nargs="*", help="backends to start (default: every installed one)")
+    parser.add_argument(
+        "--backends-dir",
+        type=Path,
+        help="folder of backend folders made by `localfleet install --into` (env LOCALFLEET_BACKENDS_DIR); "
+        "else each backend's services/<name>/.venv, else this environment",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address the backends listen on")
     parser.add_argument(
         "--model",
@@ -46,23 +52,33 @@ class Child:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localfleet import catalog, logs
+    from localfleet import environments, logs
 
     logs.configure("INFO", "text", "up")
-    known = catalog.entries()
-    names = args.backends or [n for n, e in sorted(known.items()) if not e.missing()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        log.error("unknown backend(s) %s; known: %s", ", ".join(unknown), ", ".join(sorted(known)))
+    backends_dir = args.backends_dir or environments.backends_dir_from_env()
+    names = args.backends or environments.known(backends_dir)
+    # Each backend runs from its own environment (its run.sh), or from this one when it is installed here.
+    where = {name: environments.locate(name, backends_dir) for name in names}
+    missing = [name for name, location in where.items() if location is None]
+    if args.backends and missing:
+        for name in missing:
+            _, hint = environments.describe(name, backends_dir)
+            log.error("backend %s is not installed%s", name, f"; {hint}" if hint else "")
         return 2
     models = dict(m.split("=", 1) for m in args.model if "=" in m)
     children = []
-    for name in names:
+    for name, location in where.items():
+        if location is None:
+            continue
         addr = f"{args.host}:{_free_port(args.host)}"
-        argv = [sys.executable, "-m", "localfleet", "serve", name, "--addr", addr]
+        argv = [*location.argv, "--addr", addr]
         if name in models:
             argv += ["--model", models[name]]
+        log.info("%s from %s", name, location.where)
         children.append(Child(name, addr, argv))
+    if not children:
+        log.error("no backend is installed; `localfleet install NAME` builds one (`localfleet list`)")
+        return 2
     return asyncio.run(_fleet(children, args.start_timeout))
 
 
