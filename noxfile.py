@@ -32,8 +32,6 @@ nox.options.default_venv_backend = "uv"
 # uv reads no pip.conf: a wheel folder given to pip (these machines keep torch's CPU build in one) counts.
 if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
     os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
-# uv prints what it builds (llama-cpp-python compiles for minutes on a first run): say so, not silence.
-os.environ.setdefault("UV_NO_PROGRESS", "0")
 
 RUNTIME = ["-e", "shared[dev,deploy,install]"]
 # The runtime's own tests: no backend installed beside them.
@@ -90,7 +88,8 @@ def install_backend(session: nox.Session, backend: str) -> None:
     )
     for note in steps.notes:
         session.log(note)
-    session.install(*steps.args, env=cell.build_env)
+    # Shown, not captured: a first run compiles llama-cpp-python for minutes and should say so.
+    session.install(*steps.args, env=cell.build_env, silent=False)
 
 
 def _backend_session(backend: str) -> None:

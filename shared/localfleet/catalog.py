@@ -43,8 +43,8 @@ def find(name: str) -> Entry:
     known = entries()
     if name not in known:
         raise LookupError(
-            f"backend {name!r} is not installed in this environment (it has: "
-            f"{', '.join(sorted(known)) or 'none'}); `localfleet install {name}` builds its own"
+            f"unknown backend {name!r} in this environment (it holds: {', '.join(sorted(known)) or 'none'}); "
+            "`localfleet list` shows every backend and where it is installed"
         )
     return known[name]
 

@@ -65,5 +65,19 @@ async def wait_healthy(addr: str, timeout: float, token: str | None = None) -> N
     raise TimeoutError(f"{addr} did not answer Health OK within {timeout:.1f} s (last error: {last})")
 
 
+async def wait_loaded(addr: str, timeout: float, token: str | None = None) -> None:
+    """Wait until readiness says SERVING (the start-up model is loaded); fail at once if the load failed."""
+    deadline = time.monotonic() + timeout
+    async with connect(addr, token) as client:
+        while time.monotonic() < deadline:
+            status = await client.backend.Status(pb.HealthMessage(), metadata=client.metadata, timeout=2.0)
+            if status.state == pb.StatusResponse.ERROR:
+                raise RuntimeError(f"{addr}: its start-up model failed to load (its log says why)")
+            if status.state != pb.StatusResponse.UNINITIALIZED and await client.ready():
+                return
+            await asyncio.sleep(0.05)  # a poll of a bounded wait for the load to end
+    raise TimeoutError(f"{addr} did not load its start-up model within {timeout:.1f} s")
+
+
 #: what LocalAI core allows per message, both ways; clients in tests use the same
 MAX_MESSAGE = 50 * MiB

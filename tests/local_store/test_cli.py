@@ -28,11 +28,12 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_list_shows_backends_and_their_engine() -> None:
+def test_list_shows_every_backend_and_where_it_is_installed() -> None:
     out = cli("list")
     assert out.returncode == 0, out.stderr
-    assert "local-store" in out.stdout
-    assert "installed" in out.stdout
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in out.stdout.splitlines()[1:]}
+    assert rows["local-store"].startswith("installed (")  # this environment, or the checkout's services/
+    assert set(rows) >= {"local-store", "transformers", "llama-cpp", "piper"}  # the source tree's too
 
 
 def test_call_drives_a_store_from_the_shell() -> None:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _fleet(children: list[Child], start_timeout: float) -> int:
-    from localfleet.client import wait_healthy
+    from localfleet.client import wait_healthy, wait_loaded
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,7 +93,12 @@ async def _fleet(children: list[Child], start_timeout: float) -> int:
         await _start(child)
     try:
         await asyncio.gather(*(wait_healthy(c.addr, start_timeout) for c in children))
-    except TimeoutError as exc:
+        # The line for core means "ready to serve": every start-up model loaded, not just listening.
+        loading = [c for c in children if "--model" in c.argv]
+        for child in loading:
+            log.info("loading %s's start-up model...", child.name)
+        await asyncio.gather(*(wait_loaded(c.addr, start_timeout) for c in loading))
+    except (TimeoutError, RuntimeError) as exc:
         log.error("%s", exc)
         await _stop_all(children)
         return 1
