@@ -65,6 +65,8 @@ class Build:
     uses: str
     reason: str  # why it uses the cpu build; empty when it has a build of its own
     container: bool
+    tag: str  # LocalAI's tag part and gallery prefix of the build it uses
+    gallery: str
     extras: tuple[str, ...] = ()
     runtime_extras: tuple[str, ...] = ()
     torch_index: str = ""
@@ -79,10 +81,10 @@ class Build:
 
     def image_tag(self, channel: str = "latest") -> str:
         """LocalAI's scheme: <channel>-<tag>-<backend>, naming the image this cell really is."""
-        return f"{channel}-{matrix().build_types[self.uses].tag}-{self.backend}"
+        return f"{channel}-{self.tag}-{self.backend}"
 
     def gallery_name(self, development: bool = False) -> str:
-        name = f"{matrix().build_types[self.uses].gallery}-localfleet-{self.backend}"
+        name = f"{self.gallery}-localfleet-{self.backend}"
         return name + "-development" if development else name
 
 
@@ -180,6 +182,8 @@ def _cell(
         uses=bt,
         reason="",
         container=kind.container,
+        tag=kind.tag,
+        gallery=kind.gallery,
         extras=tuple(entry.get("extras", ())),
         runtime_extras=kind.runtime_extras,
         torch_index=kind.torch_index if entry.get("torch") else "",
