@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import psutil
 import pytest
 
 from localfleet.testing import spawn
+from tests.import_probe import imported_before_load
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,23 +135,4 @@ def _child_pid(parent: int) -> int:
 
 def test_serving_imports_no_engine_before_load() -> None:
     """The port opens before any heavy import: numpy (and torch...) come with LoadModel."""
-    probe = textwrap.dedent(
-        """
-        import asyncio, sys
-        from localfleet import catalog
-        from localfleet.server import BackendServer
-        from localfleet.settings import Settings
-
-        async def main():
-            app = BackendServer(catalog.find("local-store").load()(), Settings(addr="127.0.0.1:0"))
-            await app.start()
-            heavy = sorted(m for m in ("numpy", "torch", "llama_cpp") if m in sys.modules)
-            app.stop(0)
-            await app.wait_stopped()
-            print(",".join(heavy) or "none")
-
-        asyncio.run(main())
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "none", out.stderr
+    assert imported_before_load("local-store", ("numpy", "torch", "llama_cpp")) == "none"

@@ -1,0 +1,10 @@
+"""The rerankers process listens before torch is imported: it comes with LoadModel."""
+
+from __future__ import annotations
+
+from tests.import_probe import imported_before_load
+
+
+def test_serving_imports_no_torch_before_load() -> None:
+    modules = ("torch", "transformers", "sentence_transformers", "numpy")
+    assert imported_before_load("rerankers", modules) == "none"
