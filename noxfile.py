@@ -37,7 +37,7 @@ RUNTIME = ["-e", "shared[dev,deploy,install]"]
 # The runtime's own tests: no backend installed beside them.
 RUNTIME_TESTS = ["tests/runtime", "tests/test_contract.py", "tests/test_fleet.py", "tests/deploy"]
 RUNTIME_TYPED = ["shared", "protos", "noxfile.py", "scripts/matrix_files.py", *RUNTIME_TESTS]
-RUNTIME_TYPED += ["tests/conftest.py", "tests/cli_run.py", "tests/import_probe.py"]
+RUNTIME_TYPED += ["tests/conftest.py", "tests/cli_run.py", "tests/import_probe.py", "tests/wording.py"]
 
 
 def tests_folder(backend: str) -> str:

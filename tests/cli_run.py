@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,3 @@ def failed(ran: Ran, *needles: str) -> None:
     assert line.startswith("error: "), line
     for needle in needles:
         assert needle in line, line
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from localfleet.audio import TranscriptionBackend
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from tests.audio_fixtures import SENTENCE, Clip
+from tests.wording import words
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,6 @@ class Engine:
     refuses_llm_name: str
     refuses_gguf_file: str
     refuses_empty_folder: str
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())
 
 
 @asynccontextmanager

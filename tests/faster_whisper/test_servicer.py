@@ -14,7 +14,8 @@ from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_faster_whisper.servicer import FasterWhisper
 from tests.audio_fixtures import SENTENCE, Clip
-from tests.transcription_checks import TranscriptionChecks, transcribe, words
+from tests.transcription_checks import TranscriptionChecks, transcribe
+from tests.wording import words
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

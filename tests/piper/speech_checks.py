@@ -9,7 +9,6 @@ backends as LocalAI core would chain them.
 from __future__ import annotations
 
 import json
-import re
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from grpclib.exceptions import GRPCError
 from localfleet.backend import Backend
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
+from tests.wording import heard_as
 
 SENTENCE = "Hello world, this is a test of the speech recognition system."
 #: several sentences: a stream sends one chunk for each
@@ -34,10 +34,6 @@ SENTENCES = [
     "The weather today is sunny and warm.",
     "Every sentence is sent as soon as it is ready.",
 ]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,7 @@ async def check_wav_round_trip(served: Served, whisper: Served, dst: Path, rate:
     low, high = plausible_seconds(SENTENCE)
     assert low < wav.seconds < high
     assert f"{wav.seconds:.2f} s" in result.message
-    assert words(await transcribe(whisper, dst)) == words(SENTENCE)
+    heard_as(await transcribe(whisper, dst), SENTENCE)
     return result
 
 
@@ -181,7 +177,7 @@ async def check_stream_round_trip(served: Served, whisper: Served, folder: Path,
     clip = write_wav(folder / "streamed.wav", streamed.pcm, rate)
     low, high = plausible_seconds(text)
     assert low < read_wav(clip).seconds < high
-    assert words(await transcribe(whisper, clip)) == words(text)
+    heard_as(await transcribe(whisper, clip), text)
     return streamed
 
 

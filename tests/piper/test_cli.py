@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from localfleet.testing import Served
-from tests.cli_run import cli, failed, words
+from tests.cli_run import cli, failed
 from tests.piper.speech_checks import roots, whisper
 from tests.piper.test_servicer import piper
+from tests.wording import heard_as
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -34,6 +35,6 @@ async def test_tts_writes_a_wav_that_soundfile_reads_and_whisper_hears(
     assert 1.0 < len(samples) / rate < 6.0
     assert float(np.abs(samples).max()) > 0.1
     heard = await cli(whisper.addr, "transcribe", str(dst), "--json")
-    assert words(json.loads(heard.out)["text"]) == words(text)
+    heard_as(json.loads(heard.out)["text"], text)
     unknown = await cli(piper.addr, "tts", text, "--dst", str(dst), "--voice", "nobody")
     failed(unknown, "unknown voice 'nobody'")

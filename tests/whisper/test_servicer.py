@@ -10,7 +10,8 @@ import pytest
 
 from localfleet.testing import Served
 from tests.audio_fixtures import SENTENCE, Clip
-from tests.transcription_checks import TranscriptionChecks, transcribe, words
+from tests.transcription_checks import TranscriptionChecks, transcribe
+from tests.wording import words
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
