@@ -1,33 +1,31 @@
-# One image recipe for every localfleet backend; pick the backend with --build-arg BACKEND=<name>
-# (a folder under services/ and an optional-dependency group of the same name in pyproject.toml).
+# One image recipe for every localfleet backend and build type; what goes in is the build matrix's
+# (build-types.toml and services/<name>/pyproject.toml, read by `python -m localfleet.matrix`).
 #
-#   scripts/build-wheelhouse.sh local-store          # wheels for the image's Python, on the host
+#   scripts/build-wheelhouse.sh local-store cpu       # wheels for the image's Python, on the host
 #   docker build --build-arg BACKEND=local-store -t localfleet/local-store:dev .
+#   docker build --build-arg BACKEND=local-store --target gallery -t localfleet/local-store:gallery .
 #
+# Targets: the default (last) stage is the runnable image (compose, Kubernetes): the backend folder at
+# /opt/localfleet, a non-root user, a health check. `gallery` is the same folder alone at the root of a
+# FROM scratch image, the way LocalAI's gallery installs a backend: it unpacks the image into its
+# backends folder and runs run.sh from there, with the folder's own Python (core's image has none).
 # Build args:
-#   BASE_IMAGE  any Debian-like image with python3 (>= 3.11) and its venv module. The default is the
-#               official slim image; offline machines use scripts/build-base-image.sh
-#               (debootstrap + docker import, no registry), GPU builds a CUDA/ROCm/oneAPI base.
-#   BACKEND     which backend the image serves (default local-store).
-#   BUILD_TYPE  cpu (default) | cublas12 | hipblas | intel | vulkan: the accelerator flavour, as
-#               LocalAI names it. cublas12 adds the `nvidia` group (GPU memory in Status); backends
-#               with native engines read it to choose their wheels. local-store is the same on all.
-#               faster-whisper: CTranslate2's PyPI wheels carry the CUDA kernels but load cuBLAS 12 and
-#               cuDNN 9 at run time, so a cublas12 build needs a BASE_IMAGE with the CUDA 12 runtime
-#               and cuDNN 9.
-#               whisper: pywhispercpp's wheel is a CPU build (a GPU whisper.cpp builds from source).
-#               llama-cpp compiles llama.cpp for it (services/llama-cpp/image.sh).
-#   RUNTIME_IMAGE  the final stage (default BASE_IMAGE); for GPU builds that compile (llama-cpp) the
-#               vendor's runtime image, with its devel image as BASE_IMAGE. It must have the same
-#               python3 as BASE_IMAGE at the same path: the venv is copied over and links to it.
-#   MODELS      1 (default) bundles the backend's start-up model where it has one that is not a
-#               Python dependency (llama-cpp: Gemma 3 270M, Gemma terms); 0 leaves it out.
-# A backend with build steps of its own has services/<name>/image.sh, sourced in the build stage:
-# `build_packages` (Debian packages to build with, installed in a layer of their own), `image_prepare`
-# (before pip: CMAKE_ARGS, extras, pip_args), `image_finish` (after pip) and `runtime_packages` (Debian
-# packages the final stage installs).
-# Packages come from build/wheelhouse/ with --no-index when it holds wheels (scripts/
-# build-wheelhouse.sh), so the build needs no package index; without a wheelhouse pip uses the index.
+#   BASE_IMAGE  the build stage: any Debian/Ubuntu image. The default is the official slim image;
+#               offline machines use scripts/build-base-image.sh (debootstrap + docker import, no
+#               registry); a GPU build the vendor's image its build type names (build-types.toml). One
+#               without python3 (nvidia/cuda) gets it from apt first, then the matrix's python-packages.
+#   BACKEND     which backend (a folder under services/; default local-store).
+#   BUILD_TYPE  cpu (default) | cublas12 | hipblas | intel | vulkan, as LocalAI names them. A backend with
+#               no build of that type (build-types entry `uses-cpu`) gets its cpu build; metal has no
+#               container (scripts/backend-folder.sh builds its folder on macOS) and is refused.
+#   RUNTIME_IMAGE  the final stage (default BASE_IMAGE): the folder carries its interpreter and
+#               libraries, so any glibc image as new as the build stage's serves (a vendor's runtime
+#               image for GPU builds that compile in its devel image).
+#   MODELS      1 (default) bundles the backend's start-up model where it has one that is not a Python
+#               dependency (llama-cpp: Gemma 3 270M, Gemma terms); 0 leaves it out.
+# Packages come from build/wheelhouse/ alone when it holds wheels (scripts/build-wheelhouse.sh), so the
+# build needs no package index; without a wheelhouse uv uses the index. Build steps of a backend's own
+# are in services/<name>/image.sh (llama-cpp: the bundled model).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG RUNTIME_IMAGE=${BASE_IMAGE}
 
@@ -35,40 +33,44 @@ FROM ${BASE_IMAGE} AS build
 ARG BACKEND=local-store
 ARG BUILD_TYPE=cpu
 ARG MODELS=1
-# The backend's folder first: its build packages stay cached while the rest of the source changes.
-COPY services/${BACKEND} /src/services/${BACKEND}
-# hadolint ignore=DL3008,SC1090,SC2086
+# The matrix reader and this backend's pyproject first: the packages layer stays cached while the
+# sources change.
+COPY build-types.toml /src/
+COPY shared/localfleet/__init__.py shared/localfleet/matrix.py /src/shared/localfleet/
+COPY services/${BACKEND}/pyproject.toml /src/services/${BACKEND}/
+COPY scripts/cell.py /src/scripts/
+# python3 reads the matrix; then the cell's Debian packages: python-packages (venv, headers), the
+# compiler and libraries to build with, and the runtime libraries (whose files the folder copies).
+# hadolint ignore=DL3008,SC2086
 RUN set -eu; \
-    hook="/src/services/$BACKEND/image.sh"; build_packages=""; \
-    if [ -f "$hook" ]; then . "$hook"; fi; \
-    if [ -n "$build_packages" ]; then \
+    if ! command -v python3 >/dev/null 2>&1; then \
         apt-get update; \
-        apt-get install -y --no-install-recommends $build_packages; \
-        rm -rf /var/lib/apt/lists/*; \
-    fi
+        apt-get install -y --no-install-recommends python3; \
+    fi; \
+    python3 /src/scripts/cell.py check "$BACKEND" "$BUILD_TYPE" --container; \
+    PYTHONPATH=/src/shared python3 -m localfleet.matrix sh "$BACKEND" "$BUILD_TYPE" > /src/cell.sh; \
+    . /src/cell.sh; \
+    packages="$(echo $python_packages $build_packages $runtime_packages)"; \
+    if [ -n "$packages" ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends $packages; \
+    fi; \
+    rm -rf /var/lib/apt/lists/*
 COPY . /src
-# The venv lives beside run.sh under /opt/localfleet: the same layout run.sh looks for in a
-# LocalAI backend folder, so the image starts exactly the way LocalAI starts the backend.
-# hadolint ignore=SC1090,SC2086
-RUN set -eu; \
-    case "$BUILD_TYPE" in \
-        cpu|hipblas|intel|vulkan) extras="$BACKEND" ;; \
-        cublas12) extras="$BACKEND,nvidia" ;; \
-        *) echo "BUILD_TYPE=$BUILD_TYPE: expected cpu, cublas12, hipblas, intel or vulkan" >&2; exit 1 ;; \
-    esac; \
-    test -x "/src/services/$BACKEND/run.sh" || { echo "no services/$BACKEND/run.sh" >&2; exit 1; }; \
-    hook="/src/services/$BACKEND/image.sh"; pip_args=""; runtime_packages=""; \
-    if [ -f "$hook" ]; then . "$hook"; image_prepare; fi; \
-    index=""; \
-    if ls /src/build/wheelhouse/*.whl >/dev/null 2>&1; then index="--no-index"; fi; \
-    python3 -m venv /opt/localfleet/.venv; \
-    /opt/localfleet/.venv/bin/pip install --no-cache-dir --disable-pip-version-check $index $pip_args \
-        --find-links /src/build/wheelhouse "/src[$extras]"; \
-    if [ -f "$hook" ]; then image_finish; fi; \
-    cp "/src/services/$BACKEND/run.sh" /opt/localfleet/run.sh; \
-    printf '%s\n' "$BACKEND" > /opt/localfleet/BACKEND; \
-    printf '%s\n' "$BUILD_TYPE" > /opt/localfleet/BUILD_TYPE; \
-    printf '%s\n' "$runtime_packages" > /opt/localfleet/RUNTIME_PACKAGES
+# The one folder builder (scripts/backend-folder.sh) makes /opt/localfleet: interpreter, packages,
+# libraries, run.sh. Its checks: nothing in it names /opt/localfleet, and run.sh starts with no env.
+RUN MODELS="$MODELS" bash /src/scripts/backend-folder.sh "$BACKEND" "$BUILD_TYPE" /opt/localfleet
+
+# LocalAI's gallery: `local-ai backends install` unpacks this image into <backends>/<name>/.
+FROM scratch AS gallery
+ARG BACKEND=local-store
+ARG BUILD_TYPE=cpu
+LABEL org.opencontainers.image.title="localfleet-${BACKEND}" \
+      org.opencontainers.image.description="localfleet ${BACKEND} backend folder for LocalAI's gallery" \
+      org.opencontainers.image.licenses="MIT" \
+      io.localfleet.backend="${BACKEND}" \
+      io.localfleet.build-type="${BUILD_TYPE}"
+COPY --from=build /opt/localfleet /
 
 FROM ${RUNTIME_IMAGE}
 ARG BACKEND=local-store
@@ -78,10 +80,11 @@ LABEL org.opencontainers.image.title="localfleet-${BACKEND}" \
       org.opencontainers.image.licenses="MIT" \
       io.localfleet.backend="${BACKEND}" \
       io.localfleet.build-type="${BUILD_TYPE}"
-# The package list alone first: the apt layer stays cached while the venv changes.
+# The package list alone first: the apt layer stays cached while the folder changes.
 COPY --from=build /opt/localfleet/RUNTIME_PACKAGES /opt/localfleet/RUNTIME_PACKAGES
-# A fixed uid/gid so Kubernetes (runAsUser, fsGroup) and volume owners can name it. The packages are
-# the backend's own (image.sh), from the image's apt sources, unpinned like the base image.
+# A fixed uid/gid so Kubernetes (runAsUser, fsGroup) and volume owners can name it. The runtime
+# packages are what the folder cannot carry (drivers and their loaders' manifests, e.g. Vulkan ICDs),
+# from the image's apt sources, unpinned like the base image.
 # hadolint ignore=DL3008,SC2086
 RUN set -eu; \
     packages="$(cat /opt/localfleet/RUNTIME_PACKAGES)"; \
@@ -95,7 +98,7 @@ RUN set -eu; \
         --home-dir /var/lib/localfleet --shell /usr/sbin/nologin localfleet; \
     install -d -o 10001 -g 10001 -m 0750 /var/lib/localfleet
 COPY --from=build /opt/localfleet /opt/localfleet
-ENV PATH=/opt/localfleet/.venv/bin:$PATH \
+ENV PATH=/opt/localfleet/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LOCALFLEET_STORE_DIR=/var/lib/localfleet

@@ -4,8 +4,9 @@
 # is a link to this one script: the backend is named by a BACKEND file beside run.sh (images write one),
 # else by the name of the folder run.sh was called from.
 #
-# Which localfleet: $LOCALFLEET_VENV if set, else a venv beside run.sh (a LocalAI backend folder or the
-# image's /opt/localfleet), else the repo's .venv (a checkout), else `localfleet` on PATH.
+# Which localfleet: $LOCALFLEET_VENV if set; else the folder's own bin/localfleet (a backend folder made
+# by scripts/backend-folder.sh: a LocalAI gallery install, or an image's /opt/localfleet, with its own
+# Python); else a venv beside run.sh (`localfleet install`); else the repo's .venv; else PATH.
 set -euo pipefail
 
 # Where run.sh was called from (not where the link points): that folder names the backend.
@@ -22,7 +23,7 @@ if [[ -z "${LOCALFLEET_MODEL_PATH:-}" && -d "$here/models" ]]; then
     export LOCALFLEET_MODEL_PATH="$here/models"
 fi
 
-for venv in "${LOCALFLEET_VENV:-}" "$here/.venv" "$here/venv" "$repo/.venv"; do
+for venv in "${LOCALFLEET_VENV:-}" "$here" "$here/.venv" "$here/venv" "$repo/.venv"; do
     if [[ -n "$venv" && -x "$venv/bin/localfleet" ]]; then
         exec "$venv/bin/localfleet" serve "$backend" "$@"
     fi
@@ -30,6 +31,6 @@ done
 if command -v localfleet >/dev/null 2>&1; then
     exec localfleet serve "$backend" "$@"
 fi
-echo "run.sh: no localfleet found (looked in \$LOCALFLEET_VENV, $here/.venv, $here/venv, $repo/.venv and PATH);" \
-    "install it with: pip install '.[$backend]'" >&2
+echo "run.sh: no localfleet found (looked in \$LOCALFLEET_VENV, $here/bin, $here/.venv, $here/venv," \
+    "$repo/.venv and PATH); install it with: localfleet install $backend" >&2
 exit 127

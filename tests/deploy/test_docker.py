@@ -1,7 +1,8 @@
-"""The local-store image end to end: build it offline, start the compose stack, call it over gRPC.
+"""The images end to end: build local-store and transformers offline, start them with compose, call them.
 
 Needs a Docker engine (started here when dockerd is installed and we are root), debootstrap for the
-base image, and the `deploy` extra. Run with `pytest -m docker tests/deploy` (nox -s deploy).
+base image, and the `deploy` extra. Run with `pytest -m docker tests/deploy` (nox -s deploy). The
+transformers image is the torch-based one CI builds (CPU torch from the wheelhouse, MiniLM bundled).
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
@@ -28,60 +25,20 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from localfleet.proto import backend_grpc
 from localfleet.proto import backend_pb2 as pb
-from tests.deploy.tools import ROOT, explain, find_tool, require_compose, run
+from tests.deploy.tools import ROOT, build_image, docker_engine, explain, must, require_compose, run
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
-BASE_IMAGE = os.environ.get("LOCALFLEET_BASE_IMAGE", "localfleet-base:bookworm")
 TAG = "test"
-IMAGE = f"localfleet/local-store:{TAG}"
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
 TOKEN = "deploy-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
-def _engine_answers(docker: str) -> bool:
-    return run([docker, "info", "--format", "{{.ServerVersion}}"], timeout=30).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def docker() -> Iterator[str]:
-    """A Docker client whose engine answers; starts (and later stops) dockerd if none runs."""
-    client = find_tool("docker")
-    if client is None:
-        pytest.skip("no docker client (apt-get install docker.io)")
-    if _engine_answers(client):
+    with docker_engine() as client:
         yield client
-        return
-    dockerd = shutil.which("dockerd")
-    if dockerd is None:
-        pytest.skip("no Docker engine answers and dockerd is not installed (apt-get install docker.io)")
-    if os.geteuid() != 0:
-        pytest.skip("no Docker engine answers, and starting dockerd needs root")
-    with tempfile.NamedTemporaryFile("w+", prefix="dockerd-", suffix=".log", delete=False) as log:
-        daemon = subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _engine_answers(client):
-            exited = _exited_within(daemon, 0.5)  # the pause between polls doubles as a death check
-            if exited is not None or time.monotonic() > deadline:
-                tail = Path(log.name).read_text()[-3000:]
-                pytest.skip(f"dockerd could not start here (exit {exited}); its log ends with:\n{tail}")
-        yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-
-
-def _exited_within(process: subprocess.Popen[bytes], seconds: float) -> int | None:
-    try:
-        return process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -90,33 +47,10 @@ def compose(docker: str) -> list[str]:
     return require_compose()
 
 
-def _must(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, explain(result)
-    return result
-
-
 @pytest.fixture(scope="module")
-def image(docker: str) -> str:
-    """The local-store image, built from the offline base image and the host's wheelhouse."""
-    if not shutil.which("debootstrap") and run([docker, "image", "inspect", BASE_IMAGE]).returncode != 0:
-        pytest.skip(f"no {BASE_IMAGE} image and no debootstrap to build it (apt-get install debootstrap)")
-    _must(run(["bash", str(ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE], timeout=900))
-    # The test's own interpreter has pip and reads pyproject.toml.
-    wheelhouse = ["bash", str(ROOT / "scripts" / "build-wheelhouse.sh"), "local-store"]
-    _must(run(wheelhouse, timeout=600, env={"PYTHON": sys.executable}))
-    build = [
-        docker,
-        "build",
-        "--build-arg",
-        f"BASE_IMAGE={BASE_IMAGE}",
-        "--build-arg",
-        "BACKEND=local-store",
-        "-t",
-        IMAGE,
-        str(ROOT),
-    ]
-    _must(run(build, timeout=900))
-    return IMAGE
+def images(docker: str) -> list[str]:
+    """The local-store image and the torch-based transformers image, as compose names them."""
+    return [build_image(docker, backend, TAG) for backend in ("local-store", "transformers")]
 
 
 def _free_port() -> int:
@@ -130,25 +64,31 @@ class Stack:
     compose: list[str]
     env: dict[str, str]
     port: int
+    transformers_port: int
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return run([*self.compose, "-f", str(COMPOSE_FILE), *args], env=self.env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def stack(compose: list[str], image: str) -> Iterator[Stack]:
-    """`compose up --wait` (the image's gRPC health check turns healthy), always torn down with -v."""
-    port = _free_port()
+def stack(compose: list[str], images: list[str]) -> Iterator[Stack]:
+    """`compose up --wait` of local-store and (its profile) transformers: every image's gRPC health check
+    turns healthy, transformers once MiniLM loaded. Always torn down with -v."""
+    port, transformers_port = _free_port(), _free_port()
     env = {
         "COMPOSE_PROJECT_NAME": f"localfleet-test-{os.getpid()}",  # never touches a user's stack
         "LOCALFLEET_TAG": TAG,
         "LOCALFLEET_BIND": "127.0.0.1",
         "LOCAL_STORE_PORT": str(port),
+        "TRANSFORMERS_PORT": str(transformers_port),
+        "COMPOSE_PROFILES": "transformers",
         "LOCALAI_GRPC_AUTH_TOKEN": TOKEN,
     }
-    stack = Stack(compose, env, port)
+    stack = Stack(compose, env, port, transformers_port)
     try:
-        up = stack.run("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build", "--pull", "never")
+        up = stack.run(
+            "up", "--detach", "--wait", "--wait-timeout", "300", "--no-build", "--pull", "never", timeout=420
+        )
         if up.returncode != 0:
             logs = stack.run("logs", "--no-color")
             pytest.fail(f"compose up failed\n{explain(up)}\ncontainer logs:\n{logs.stdout}{logs.stderr}")
@@ -226,8 +166,26 @@ async def test_backend_calls_need_the_token_but_health_checks_do_not(stack: Stac
 
 
 def test_container_runs_as_the_non_root_user(stack: Stack) -> None:
-    result = _must(stack.run("exec", "-T", "local-store", "id", "-u"))
+    result = must(stack.run("exec", "-T", "local-store", "id", "-u"))
     assert result.stdout.strip() == "10001"
+
+
+def test_localfleet_on_path_is_the_backend_folders(stack: Stack) -> None:
+    # The health check's `localfleet` is the folder's own (bin/localfleet: its Python, its packages).
+    found = must(stack.run("exec", "-T", "local-store", "sh", "-c", "command -v localfleet"))
+    assert found.stdout.strip() == "/opt/localfleet/bin/localfleet"
+    listed = must(stack.run("exec", "-T", "local-store", "localfleet", "list"))
+    assert "local-store" in listed.stdout, listed.stdout
+
+
+async def test_transformers_embeds_with_the_bundled_minilm(stack: Stack) -> None:
+    await _wait_serving(stack.transformers_port)
+    async with _channel(stack.transformers_port) as channel:
+        reply = await backend_grpc.BackendStub(channel).Embedding(
+            pb.PredictOptions(Embeddings="a fleet of small servers"), metadata=AUTH, timeout=60
+        )
+    assert len(reply.embeddings) == 384
+    assert any(reply.embeddings)
 
 
 async def test_store_survives_a_container_restart_on_its_volume(stack: Stack) -> None:
@@ -238,7 +196,7 @@ async def test_store_survives_a_container_restart_on_its_volume(stack: Stack) ->
             metadata=AUTH,
             timeout=10,
         )
-    _must(stack.run("restart", "--timeout", "20", "local-store"))
+    must(stack.run("restart", "--timeout", "20", "local-store"))
     await _wait_serving(stack.port)
     async with _channel(stack.port) as channel:
         found = await backend_grpc.BackendStub(channel).StoresFind(
