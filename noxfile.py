@@ -36,7 +36,8 @@ if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
 RUNTIME = ["-e", "shared[dev,deploy,install]"]
 # The runtime's own tests: no backend installed beside them.
 RUNTIME_TESTS = ["tests/runtime", "tests/test_contract.py", "tests/test_fleet.py", "tests/deploy"]
-RUNTIME_TYPED = ["shared", "protos", "noxfile.py", "scripts/matrix_files.py", "scripts/cell.py", *RUNTIME_TESTS]
+RUNTIME_TYPED = ["shared", "protos", "noxfile.py", "scripts/matrix_files.py", "scripts/cell.py"]
+RUNTIME_TYPED += RUNTIME_TESTS
 RUNTIME_TYPED += ["tests/conftest.py", "tests/cli_run.py", "tests/import_probe.py", "tests/wording.py"]
 
 
