@@ -6,9 +6,11 @@ of its own (run.sh + .venv), as LocalAI lays out a backend, and is started from 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ import pytest
 
 from localfleet.client import connect
 from localfleet.proto import backend_pb2 as pb
+from localfleet.testing import free_port
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -71,20 +74,11 @@ def test_list_names_where_each_backend_is_installed(backends_dir: Path) -> None:
     assert "localfleet install transformers" in rows["transformers"]
 
 
-@pytest.fixture
-def fleet(backends_dir: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+@contextlib.contextmanager
+def started_up(backends_dir: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`localfleet up` of the two backends; yields it and its first line of stdout (core's line)."""
     up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localfleet",
-            "up",
-            *FLEET,
-            "--backends-dir",
-            str(backends_dir),
-            "--model",
-            "local-store=store://default",
-        ],
+        [sys.executable, "-m", "localfleet", "up", *FLEET, "--backends-dir", str(backends_dir), *args],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -93,14 +87,22 @@ def fleet(backends_dir: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str,
     )
     try:
         assert up.stdout is not None
-        line = up.stdout.readline().strip()
-        assert line.startswith("LOCALAI_EXTERNAL_GRPC_BACKENDS="), line
-        addrs = dict(item.split(":", 1) for item in line.split("=", 1)[1].split(","))
-        yield up, addrs
+        yield up, up.stdout.readline().strip()
     finally:
         if up.poll() is None:
             up.kill()
         up.wait()
+
+
+def _addrs(line: str) -> dict[str, str]:
+    assert line.startswith("LOCALAI_EXTERNAL_GRPC_BACKENDS="), line
+    return dict(item.split(":", 1) for item in line.split("=", 1)[1].split(","))
+
+
+@pytest.fixture
+def fleet(backends_dir: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    with started_up(backends_dir, "--model", "local-store=store://default") as (up, line):
+        yield up, _addrs(line)
 
 
 async def test_up_serves_backends_from_their_own_environments_and_drains_on_ctrl_c(
@@ -156,3 +158,57 @@ def test_up_names_the_install_command_for_a_backend_that_is_not_installed(tmp_pa
 def _folder_of(interpreter: str) -> str:
     """The backend folder an interpreter belongs to: <folder>/.venv/bin/python."""
     return Path(interpreter).parents[2].name
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("local-store", "--model 'local-store': expected BACKEND=MODEL"),
+        ("local-stor=store://x", "'local-stor' is not a backend of this fleet; did you mean 'local-store'?"),
+        ("rerankers=x", "'rerankers' is not a backend of this fleet; this fleet is: local-store, silero-vad"),
+    ],
+)
+def test_up_refuses_a_model_flag_it_cannot_place(backends_dir: Path, flag: str, said: str) -> None:
+    ran = localfleet("up", *FLEET, "--backends-dir", str(backends_dir), "--model", flag)
+    assert ran.returncode == 2, ran.stderr
+    assert said in ran.stderr
+
+
+def _two_free_ports() -> int:
+    """A port whose next one is free too (checked, then released: the fleet binds them next)."""
+    while True:
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as sock:
+            sock.bind(("127.0.0.1", port + 1))
+            return port
+
+
+def test_up_keeps_the_ports_it_is_given(backends_dir: Path) -> None:
+    base = _two_free_ports()
+    with started_up(backends_dir, "--port-base", str(base)) as (_, line):
+        assert _addrs(line) == {"local-store": f"127.0.0.1:{base}", "silero-vad": f"127.0.0.1:{base + 1}"}
+    port = free_port()
+    with started_up(backends_dir, "--port", f"silero-vad={port}") as (_, line):
+        assert _addrs(line)["silero-vad"] == f"127.0.0.1:{port}"
+
+
+def test_up_names_a_port_that_is_taken(backends_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = localfleet("up", *FLEET, "--backends-dir", str(backends_dir), "--port", f"local-store={port}")
+    assert ran.returncode == 2
+    assert f"local-store: port 127.0.0.1:{port} cannot be used" in ran.stderr
+
+
+def test_up_stops_on_a_start_up_model_that_fails_unless_told_to_keep_going(backends_dir: Path) -> None:
+    refused = "local-store=default"  # a store is loaded as store://<name>
+    with started_up(backends_dir, "--model", refused) as (up, line):
+        assert line == ""  # no line for core: the fleet is not what was asked for
+        assert up.wait(60) == 1
+        assert up.stderr is not None
+        assert "local-store: " in up.stderr.read()
+    with started_up(backends_dir, "--model", refused, "--keep-going") as (up, line):
+        assert sorted(_addrs(line)) == sorted(FLEET)
+        assert up.poll() is None

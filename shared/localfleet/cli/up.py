@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import logging
 import signal
 import socket
@@ -29,15 +30,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of backend folders made by `localfleet install --into` (env LOCALFLEET_BACKENDS_DIR); "
         "else each backend's services/<name>/.venv, else this environment",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the backends listen on")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the backends listen on (default: %(default)s)"
+    )
     parser.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="BACKEND=MODEL",
-        help="a start-up model for one backend, e.g. local-store=store://default",
+        help="a start-up model for one backend, e.g. local-store=store://default; repeat it per backend",
     )
-    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for Health OK")
+    ports = parser.add_mutually_exclusive_group()
+    ports.add_argument(
+        "--port-base",
+        type=_port,
+        metavar="PORT",
+        help="fixed ports: the backends, in the order named, listen on PORT, PORT+1, ... (default: free "
+        "ports, new on every start)",
+    )
+    ports.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="BACKEND=PORT",
+        help="a fixed port for one backend (repeat it); the others get free ports",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for each backend to answer and load its start-up model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when a start-up model fails to load, report it and serve on without it (default: stop the "
+        "fleet and exit 1)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -65,12 +94,17 @@ def run(args: argparse.Namespace) -> int:
             _, hint = environments.describe(name, backends_dir)
             log.error("backend %s is not installed%s", name, f"; {hint}" if hint else "")
         return 2
-    models = dict(m.split("=", 1) for m in args.model if "=" in m)
+    try:
+        models = _pairs(args.model, "--model", "MODEL", names)
+        ports = _ports(args, [n for n, location in where.items() if location is not None])
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     children = []
     for name, location in where.items():
         if location is None:
             continue
-        addr = f"{args.host}:{_free_port(args.host)}"
+        addr = f"{args.host}:{ports.get(name) or _free_port(args.host)}"
         argv = [*location.argv, "--addr", addr]
         if name in models:
             argv += ["--model", models[name]]
@@ -79,10 +113,58 @@ def run(args: argparse.Namespace) -> int:
     if not children:
         log.error("no backend is installed; `localfleet install NAME` builds one (`localfleet list`)")
         return 2
-    return asyncio.run(_fleet(children, args.start_timeout))
+    return asyncio.run(_fleet(children, args.start_timeout, args.keep_going))
 
 
-async def _fleet(children: list[Child], start_timeout: float) -> int:
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _pairs(items: list[str], flag: str, what: str, names: list[str]) -> dict[str, str]:
+    """BACKEND=VALUE flags, each naming a backend of this fleet."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} {item!r}: expected BACKEND={what}, e.g. {flag} local-store=...")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"this fleet is: {', '.join(names)}"
+            raise ValueError(f"{flag} {item!r}: {name!r} is not a backend of this fleet; {hint}")
+        if name in pairs:
+            raise ValueError(f"{flag}: {name!r} is given twice")
+        pairs[name] = value
+    return pairs
+
+
+def _ports(args: argparse.Namespace, names: list[str]) -> dict[str, int]:
+    """Fixed ports asked for, checked free now so a clash is named before anything starts."""
+    if args.port_base is not None:
+        ports = {name: args.port_base + i for i, name in enumerate(names)}
+    else:
+        ports = {}
+        for name, text in _pairs(args.port, "--port", "PORT", names).items():
+            try:
+                ports[name] = _port(text)
+            except (ValueError, argparse.ArgumentTypeError):
+                raise ValueError(f"--port {name}={text}: not a TCP port (1-65535)") from None
+    if len(set(ports.values())) != len(ports):
+        raise ValueError(f"two backends share a port: {ports}")
+    for name, port in ports.items():
+        if port > 65535:
+            raise ValueError(f"--port-base {args.port_base}: {name} would get {port}, past 65535")
+        try:
+            with socket.socket() as sock:
+                sock.bind((args.host, port))
+        except OSError as exc:
+            raise ValueError(f"{name}: port {args.host}:{port} cannot be used ({exc.strerror})") from None
+    return ports
+
+
+async def _fleet(children: list[Child], start_timeout: float, keep_going: bool = False) -> int:
     from localfleet.client import wait_healthy, wait_loaded
 
     stopping = asyncio.Event()
@@ -97,9 +179,18 @@ async def _fleet(children: list[Child], start_timeout: float) -> int:
         loading = [c for c in children if "--model" in c.argv]
         for child in loading:
             log.info("loading %s's start-up model...", child.name)
-        await asyncio.gather(*(wait_loaded(c.addr, start_timeout) for c in loading))
+        loads = await asyncio.gather(
+            *(wait_loaded(c.addr, start_timeout) for c in loading), return_exceptions=True
+        )
     except (TimeoutError, RuntimeError) as exc:
         log.error("%s", exc)
+        await _stop_all(children)
+        return 1
+    failed = [(c, e) for c, e in zip(loading, loads, strict=True) if isinstance(e, BaseException)]
+    for child, exc in failed:
+        log.error("%s: %s", child.name, exc)
+    if failed and not keep_going:
+        log.error("stopping the fleet: a start-up model did not load (--keep-going serves on without it)")
         await _stop_all(children)
         return 1
     line = ",".join(f"{c.name}:{c.addr}" for c in children)
