@@ -187,8 +187,8 @@ async def _fleet(children: list[Child], start_timeout: float, keep_going: bool =
         await _stop_all(children)
         return 1
     failed = [(c, e) for c, e in zip(loading, loads, strict=True) if isinstance(e, BaseException)]
-    for child, exc in failed:
-        log.error("%s: %s", child.name, exc)
+    for child, error in failed:
+        log.error("%s: %s", child.name, error)
     if failed and not keep_going:
         log.error("stopping the fleet: a start-up model did not load (--keep-going serves on without it)")
         await _stop_all(children)
