@@ -6,8 +6,9 @@ language and model into an `Utterance` (a sample rate and a generator of PCM chu
 
 - Audio is PCM, 16-bit signed little-endian, mono, at the voice's own sample rate.
 - `TTS` writes a RIFF/WAVE file of that PCM to `dst`. It writes a hidden temporary file in `dst`'s
-  folder and renames it into place only once the last sample is written, so `success=true` always
-  means a complete file and a failure leaves no partial one.
+  folder and renames it into place only once the last sample is written, then syncs the folder, so
+  `success=true` always means a complete file, on disk, and a failure leaves no partial one. A killed
+  process cannot clean up: later writes remove such leftovers (see `remove_stale_parts`).
 - `TTSStream` sends one `Reply` per chunk as the engine finishes it (a sentence, for both Piper and
   Kokoro), so the first audio arrives before the rest of the text is synthesized. `Reply.audio` is raw
   PCM with no WAV header. The first `Reply` also carries, in `message`, the JSON object
@@ -18,9 +19,13 @@ language and model into an `Utterance` (a sample rate and a generator of PCM chu
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
+import stat
+import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +38,13 @@ from localfleet.proto import backend_pb2 as pb
 
 CHANNELS = 1
 SAMPLE_WIDTH = 2  # bytes: s16le
+
+#: a temporary file of ours untouched this long was left by a killed write (a live one grows every chunk)
+STALE_PART_SECONDS = 3600.0
+_PART_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
+# Folders swept lately, and when: a folder of many files is not listed on every write.
+_SWEPT: dict[Path, float] = {}
+_SWEEP_EVERY = 600.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,71 @@ def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Wri
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
+    _sync_folder(dst)
+    _sweep_now_and_then(dst.parent)
     return Written(dst, frames, utterance.sample_rate)
+
+
+def _sync_folder(dst: Path) -> None:
+    """A rename is durable only once the folder's entries are on disk, not just the file's data."""
+    try:
+        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP):
+            return  # a file system that cannot sync a folder: nothing more to do
+        raise EngineFailure(
+            f"wrote {str(dst)!r} but cannot sync its folder: {exc.strerror or exc}; the file may not "
+            "survive a power cut. Check the volume"
+        ) from None
+
+
+def _sweep_now_and_then(folder: Path) -> None:
+    now = time.monotonic()
+    if now - _SWEPT.get(folder, -_SWEEP_EVERY) < _SWEEP_EVERY:
+        return
+    _SWEPT[folder] = now
+    remove_stale_parts(folder)
+
+
+def remove_stale_parts(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove the temporary files that killed writes left in `folder`; returns those removed.
+
+    Only files surely ours go: named `.{name}.{8 hex}.part`, a plain file (no link), owned by this
+    user, empty or starting with a WAV header, and untouched for `STALE_PART_SECONDS`.
+    """
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []  # best effort: the write itself succeeded
+    removed: list[Path] = []
+    for entry in entries:
+        if _PART_NAME.fullmatch(entry.name) and _stale_and_ours(entry, now):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _stale_and_ours(entry: os.DirEntry[str], now: float) -> bool:
+    try:
+        info = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        if now - info.st_mtime < STALE_PART_SECONDS:
+            return False
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 12)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return head == b"" or (head[:4] == b"RIFF" and head[8:] == b"WAVE")
 
 
 def _chunks(utterance: Utterance, check: Callable[[], None]) -> Iterator[bytes]:

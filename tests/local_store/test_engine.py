@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -409,7 +411,7 @@ def test_torn_last_record_is_truncated_with_warning(tmp_path: Path, caplog: pyte
     with caplog.at_level(logging.WARNING):
         store = VectorStore.open(tmp_path)
     assert contents(store, keys) == {keys[0].tobytes(): b"r0", keys[1].tobytes(): b"r1"}
-    assert f"dropped {full - 7 - two_records} bytes" in caplog.text
+    assert f"cut {full - 7 - two_records} bytes of a torn last record" in caplog.text
     assert path.stat().st_size == two_records
     # Later writes land after the last complete record and survive.
     store.set(keys[2:], [b"again"])
@@ -431,7 +433,8 @@ def test_garbage_after_last_record_is_dropped(tmp_path: Path, garbage: bytes) ->
     store.close()
 
 
-def test_flipped_byte_in_a_record_drops_it_and_what_follows(tmp_path: Path) -> None:
+def test_flipped_byte_in_the_last_record_is_cut_as_torn(tmp_path: Path) -> None:
+    # Ends exactly at the end of the file: a power cut can leave such a body half on disk.
     keys, two_records = _crash_after_three_records(tmp_path)
     path = tmp_path / journal.JOURNAL_NAME
     data = bytearray(path.read_bytes())
@@ -439,6 +442,127 @@ def test_flipped_byte_in_a_record_drops_it_and_what_follows(tmp_path: Path) -> N
     path.write_bytes(bytes(data))
     store = VectorStore.open(tmp_path)
     assert store.get(keys)[1] == [b"r0", b"r1"]
+    store.close()
+
+
+@pytest.mark.parametrize("last", ["set", "delete"])
+def test_every_cut_inside_the_last_record_opens_as_a_torn_tail(tmp_path: Path, last: str) -> None:
+    keys = random_keys(3, 5)
+    store = VectorStore.open(tmp_path)
+    store.set(keys, [b"r0", b"r1", b"r2"])
+    path = tmp_path / journal.JOURNAL_NAME
+    before = path.stat().st_size
+    if last == "set":
+        store.set(keys[:1], [b"a longer new value"])
+    else:
+        store.delete(keys[:1])
+    assert store._persist is not None
+    store._persist.close()
+    data = path.read_bytes()
+    for cut in range(before + 1, len(data)):  # any prefix a crash mid-append can leave
+        path.write_bytes(data[:cut])
+        reopened = VectorStore.open(tmp_path)
+        assert reopened.get(keys)[1] == [b"r0", b"r1", b"r2"], cut
+        assert path.stat().st_size == before
+        assert reopened._persist is not None
+        reopened._persist.close()  # no snapshot: the next cut replays the same journal
+
+
+def _journal_of_three_records(directory: Path) -> tuple[F32, list[int]]:
+    """A snapshot holding one key, then three journaled batches and a 'crash'; returns the keys
+    (the snapshot's first) and the byte offset where each record starts."""
+    keys = random_keys(4, 5)
+    store = VectorStore.open(directory)
+    store.set(keys[:1], [b"snap"])
+    store.flush()
+    path = directory / journal.JOURNAL_NAME
+    starts = []
+    for i in range(3):
+        starts.append(path.stat().st_size)
+        store.set(keys[i + 1 : i + 2], [f"r{i}".encode()])
+    assert store._persist is not None
+    store._persist.close()
+    return keys, starts
+
+
+def _flip(data: bytearray, at: int, mask: int = 0xFF) -> None:
+    data[at] ^= mask
+
+
+def _set_length(data: bytearray, at: int, length: int) -> None:
+    data[at : at + 8] = length.to_bytes(8, "little")
+
+
+def _zero(data: bytearray, at: int, count: int) -> None:
+    data[at : at + count] = bytes(count)
+
+
+# The record damaged (0-based), and the change made to the journal given that record's offset.
+_MID_FILE_DAMAGE: dict[str, tuple[int, Callable[[bytearray, int], None]]] = {
+    "body of record 1": (0, lambda d, at: _flip(d, at + 12 + 20)),
+    "CRC of record 1": (0, lambda d, at: _flip(d, at + 8, 0x01)),
+    "body of record 2": (1, lambda d, at: _flip(d, at + 40)),
+    "length of record 2 runs past the end": (1, lambda d, at: _flip(d, at + 6, 0x01)),
+    "length of record 1 shortened": (0, lambda d, at: _set_length(d, at, 20)),
+    "length of record 1 zeroed": (0, lambda d, at: _set_length(d, at, 0)),
+    "record 2 zeroed": (1, lambda d, at: _zero(d, at, 30)),
+}
+
+
+@pytest.mark.parametrize("damage", list(_MID_FILE_DAMAGE))
+def test_damage_before_the_last_record_fails_open_and_keeps_the_file(tmp_path: Path, damage: str) -> None:
+    keys, starts = _journal_of_three_records(tmp_path)
+    path = tmp_path / journal.JOURNAL_NAME
+    index, change = _MID_FILE_DAMAGE[damage]
+    data = bytearray(path.read_bytes())
+    change(data, starts[index])
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineFailure) as info:
+        VectorStore.open(tmp_path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"damaged at byte {starts[index]}, in record {index + 1}" in message
+    assert "left untouched" in message
+    assert path.read_bytes() == data  # never truncated or rewritten
+    # The advice works: cutting the file at the damage keeps the records before it.
+    assert f"truncate -s {starts[index]} {path}" in message
+    os.truncate(path, starts[index])
+    store = VectorStore.open(tmp_path)
+    assert store.get(keys)[1] == [b"snap", b"r0", b"r1"][: index + 1]
+    store.close()
+
+
+def test_a_damaged_journal_moved_aside_opens_the_store_from_its_snapshot(tmp_path: Path) -> None:
+    keys, starts = _journal_of_three_records(tmp_path)
+    path = tmp_path / journal.JOURNAL_NAME
+    data = bytearray(path.read_bytes())
+    data[starts[0] + 12 + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineFailure, match=f"move {journal.JOURNAL_NAME} out of"):
+        VectorStore.open(tmp_path)
+    path.rename(tmp_path / "store.journal.damaged")
+    store = VectorStore.open(tmp_path)
+    assert store.get(keys)[1] == [b"snap"]
+    store.close()
+
+
+def test_creating_a_store_folder_syncs_each_new_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            synced.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = VectorStore.open(tmp_path / "a" / "b")
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "a" / "b"):
+        info = folder.stat()
+        assert (info.st_dev, info.st_ino) in synced, folder
     store.close()
 
 
@@ -603,9 +727,12 @@ def test_corrupt_snapshot_fails_open_loudly(tmp_path: Path, damage: str) -> None
     else:
         data[4] = 99
     path.write_bytes(bytes(data))
+    journal_bytes = (tmp_path / journal.JOURNAL_NAME).read_bytes()
     with pytest.raises(EngineFailure, match="snapshot") as info:
         VectorStore.open(tmp_path)
     assert "corrupt" in str(info.value) or "version 99" in str(info.value)
+    assert path.read_bytes() == data
+    assert (tmp_path / journal.JOURNAL_NAME).read_bytes() == journal_bytes
     # The failed open released the directory: a fixed snapshot opens.
     path.unlink()
     (tmp_path / journal.JOURNAL_NAME).unlink()

@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 from localfleet.client import Client, connect
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving, spawn
+from localfleet_local_store.engine import VectorStore
 from localfleet_local_store.servicer import LocalStore
 
 pytestmark = pytest.mark.asyncio
@@ -112,11 +113,23 @@ async def test_find_on_an_empty_store_returns_nothing(store: Served) -> None:
     assert list(found.Similarities) == []
 
 
-async def test_top_k_below_one_is_invalid(store: Served) -> None:
+@pytest.mark.parametrize("top_k", [0, -1, -(2**31)])
+async def test_top_k_below_one_is_invalid(store: Served, top_k: int) -> None:
     await put(store.client, [[1, 2]], [b"x"])
-    err = await _error(store.client.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2]))))
+    err = await _error(
+        store.client.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2]), TopK=top_k))
+    )
     assert err.status == Status.INVALID_ARGUMENT
-    assert "TopK must be at least 1" in (err.message or "")
+    assert f"TopK must be at least 1, got {top_k}" in (err.message or "")
+
+
+async def test_a_huge_top_k_returns_the_whole_store_sorted(store: Served) -> None:
+    await put(store.client, [[1, 0], [1, 1], [0, 1]], [b"x", b"xy", b"y"])
+    found = await store.client.backend.StoresFind(
+        pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 0]), TopK=2**31 - 1)
+    )
+    assert [v.Bytes for v in found.Values] == [b"x", b"xy", b"y"]
+    assert list(found.Similarities) == sorted(found.Similarities, reverse=True)
 
 
 async def test_wrong_dimension_names_both_and_changes_nothing(store: Served) -> None:
@@ -268,3 +281,40 @@ async def test_a_crash_loses_nothing_acknowledged_with_sync_always(tmp_path: Pat
             found = await get(c, *[[float(i), 1.0] for i in range(50)])
     assert len(found) == 50
     assert found[(49.0, 1.0)] == b"v49"
+
+
+def _damaged_store(folder: Path, damage: str) -> Path:
+    """A store folder whose snapshot or journal (before its last record) has one flipped byte."""
+    store = VectorStore.open(folder)
+    store.set(np.array([[1, 0]], np.float32), [b"snap"])
+    store.flush()
+    for i in range(3):
+        store.set(np.array([[1, i + 1]], np.float32), [f"r{i}".encode()])
+    assert store._persist is not None
+    store._persist.close()  # a crash: the journal keeps its three records
+    path = folder / ("store.snap" if damage == "snapshot" else "store.journal")
+    data = bytearray(path.read_bytes())
+    data[16 + 12 + 20 if damage == "journal" else 60] ^= 0xFF  # record 1's body / inside the keys
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["journal", "snapshot"])
+async def test_a_damaged_store_fails_load_keeps_its_files_and_others_keep_serving(
+    tmp_path: Path, damage: str
+) -> None:
+    path = _damaged_store(tmp_path / "bad", damage)
+    files = {f: f.read_bytes() for f in (tmp_path / "bad").iterdir()}
+    async with serving(LocalStore()) as served:
+        c = served.client
+        assert (await load(c, "store://good", f"store_dir:{tmp_path}")).success
+        await put(c, [[7, 7]], [b"good"])
+        for _ in range(2):  # a second try finds the same damage: nothing was repaired away
+            result = await load(c, "store://bad", f"store_dir:{tmp_path}")
+            assert not result.success
+            assert str(path) in result.message
+            assert "left untouched" in result.message
+            assert ("record 1" if damage == "journal" else "corrupt") in result.message
+        assert {f: f.read_bytes() for f in (tmp_path / "bad").iterdir()} == files
+        assert (await load(c, "store://good", f"store_dir:{tmp_path}")).success
+        assert await get(c, [7, 7]) == {(7.0, 7.0): b"good"}

@@ -182,8 +182,9 @@ class VectorStore:
             for i, record in enumerate(records):
                 if store._dim is not None and record.keys.shape[1] != store._dim:
                     raise EngineFailure(
-                        f"journal record {i} in {directory} has dimension {record.keys.shape[1]} but the "
-                        f"store has dimension {store._dim}; the journal is damaged. Restore from a backup"
+                        f"journal record {i + 1} in {directory} has dimension {record.keys.shape[1]} but "
+                        f"the store has dimension {store._dim}; the journal is damaged and was left "
+                        "untouched. Restore the directory from a backup"
                     )
                 if record.op == OP_SET:
                     store._apply_set(record.keys, record.values)
@@ -287,7 +288,7 @@ class VectorStore:
             if n == 0:
                 return np.empty((0, q.shape[0]), dtype=np.float32), [], np.empty(0, dtype=np.float32)
             sims = qn @ self._kt[:, :n]
-            idx = _top_k(sims, top_k)
+            idx = _top_k(sims, min(top_k, n))  # a TopK beyond the store asks for all of it, no more
             found_keys = self._raw[idx]
             found_values = [self._values[i] for i in idx.tolist()]
         # Rounding can put a self-match a hair above 1.

@@ -5,8 +5,11 @@ Layout of a store directory:
 - ``store.snap``: the whole store at one point, written to a temp file, fsync'ed and renamed into
   place, so a reader sees either the old snapshot or the new one, never a half-written one.
 - ``store.journal``: every set/delete since that snapshot, one CRC-checked record each. Opening a
-  store loads the snapshot and replays the journal. A crash can leave a torn last record; it is
-  detected by its length/CRC and truncated (with a warning), because it was never acknowledged.
+  store loads the snapshot and replays the journal. Records are appended one after another, so a
+  crash can only damage the LAST one: a partial prefix, a partial body (its declared length runs
+  past the end of the file), or, after a power cut, a full-length body whose bytes never reached
+  the disk. Only such a torn tail is cut (with a warning). Damage anywhere before the end is not a
+  crash; opening then fails, naming the offset, and leaves the file untouched.
 - ``LOCK``: held (flock) while a process has the store open, so two processes never share it.
 
 Both files carry a format version and a *generation*. A flush writes snapshot N+1 and then resets
@@ -18,6 +21,7 @@ All integers are little-endian; keys are stored as little-endian float32.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -65,6 +69,8 @@ _F32 = np.dtype("<f4")
 _U64 = np.dtype("<u8")
 # Values are joined in groups when written so a huge store never needs one giant bytes copy.
 _WRITE_GROUP = 4096
+# Bytes per step when a damaged journal is searched for zeros or later records.
+_SCAN_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(directory: Path) -> None:
+    """``mkdir -p``, fsyncing the parent of each folder it creates so a crash cannot lose the entry."""
+    missing: list[Path] = []
+    folder = directory
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile; a file there fails at the lock
+            folder.mkdir()
+        _fsync_dir(folder.parent)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -121,8 +140,9 @@ def _split_values(blob: bytes | memoryview, lengths: npt.NDArray[np.uint64], sta
 
 def _snapshot_corrupt(path: Path, reason: str) -> EngineFailure:
     return EngineFailure(
-        f"snapshot {path} is corrupt ({reason}); refusing to start empty. Restore the directory from "
-        f"a backup, or move {SNAPSHOT_NAME} and {JOURNAL_NAME} away to start a new, empty store"
+        f"snapshot {path} is corrupt ({reason}); refusing to start empty, the file was left untouched. "
+        f"Restore the directory from a backup, or move {SNAPSHOT_NAME} and {JOURNAL_NAME} out of "
+        f"{path.parent} to start a new, empty store"
     )
 
 
@@ -162,48 +182,111 @@ def read_snapshot(path: Path) -> Snapshot | None:
     return Snapshot(generation, keys.astype(np.float32, copy=False), values, dim if count else None)
 
 
-def _parse_body(body: bytes, path: Path, index: int) -> Record:
+def _journal_damaged(path: Path, pos: int, index: int, reason: str) -> EngineFailure:
+    return EngineFailure(
+        f"journal {path} is damaged at byte {pos}, in record {index + 1} ({reason}). A crash can only "
+        "cut short the last record, so this is not a torn write: the file was left untouched. To "
+        "recover, restore the directory from a backup; or keep the "
+        f"{index} intact records before the damage, losing the writes from there on: "
+        f"`truncate -s {pos} {path}`; or move {JOURNAL_NAME} out of {path.parent} to open the store as "
+        "of its last snapshot (empty if it has none), losing every write journaled since"
+    )
+
+
+def _parse_body(body: bytes, path: Path, pos: int, index: int) -> Record:
     op, dim, count = _BODY_HEADER.unpack_from(body)
     keys_len = count * dim * _F32.itemsize
-    pos = _BODY_HEADER.size
-    bad = EngineFailure(
-        f"journal {path} record {index} passed its CRC but is malformed; the file was written by a "
-        "different program or is damaged. Restore the directory from a backup"
-    )
-    if op not in (OP_SET, OP_DELETE) or count == 0 or dim == 0 or len(body) < pos + keys_len:
+    pos_in_body = _BODY_HEADER.size
+    bad = _journal_damaged(path, pos, index, "it passed its CRC but is malformed")
+    if op not in (OP_SET, OP_DELETE) or count == 0 or dim == 0 or len(body) < pos_in_body + keys_len:
         raise bad
-    keys = np.frombuffer(body, dtype=_F32, count=count * dim, offset=pos).reshape(count, dim)
-    pos += keys_len
+    keys = np.frombuffer(body, dtype=_F32, count=count * dim, offset=pos_in_body).reshape(count, dim)
+    pos_in_body += keys_len
     if op == OP_DELETE:
-        if len(body) != pos:
+        if len(body) != pos_in_body:
             raise bad
         return Record(op, keys.astype(np.float32, copy=False), [])
-    if len(body) < pos + count * _U64.itemsize:
+    if len(body) < pos_in_body + count * _U64.itemsize:
         raise bad
-    lengths = np.frombuffer(body, dtype=_U64, count=count, offset=pos)
-    pos += count * _U64.itemsize
-    if len(body) != pos + int(lengths.sum(dtype=np.uint64)):
+    lengths = np.frombuffer(body, dtype=_U64, count=count, offset=pos_in_body)
+    pos_in_body += count * _U64.itemsize
+    if len(body) != pos_in_body + int(lengths.sum(dtype=np.uint64)):
         raise bad
-    return Record(op, keys.astype(np.float32, copy=False), _split_values(body, lengths, pos))
+    return Record(op, keys.astype(np.float32, copy=False), _split_values(body, lengths, pos_in_body))
 
 
 def _read_records(f: IO[bytes], size: int, path: Path) -> tuple[list[Record], int]:
-    """Complete records from the current position, and the offset just past the last one."""
+    """Complete records from the current position, and the offset just past the last one.
+
+    A bad record that a crash could have left (see :func:`_torn_tail`) ends the journal there;
+    any other raises EngineFailure.
+    """
     records: list[Record] = []
     pos = f.tell()
     while pos < size:
         prefix = f.read(_RECORD_PREFIX.size)
         if len(prefix) < _RECORD_PREFIX.size:
-            break
+            break  # a prefix cut short: nothing after it
         length, crc = _RECORD_PREFIX.unpack(prefix)
-        if length < _BODY_HEADER.size or length > size - pos - _RECORD_PREFIX.size:
-            break
-        body = f.read(length)
-        if len(body) != length or zlib.crc32(body) != crc:
-            break
-        records.append(_parse_body(body, path, len(records)))
-        pos += _RECORD_PREFIX.size + length
+        end = pos + _RECORD_PREFIX.size + length
+        if _BODY_HEADER.size <= length and end <= size:
+            body = f.read(length)
+            if zlib.crc32(body) == crc:
+                records.append(_parse_body(body, path, pos, len(records)))
+                pos = end
+                continue
+        reason = _torn_tail(f, pos, size, length)
+        if reason is not None:
+            raise _journal_damaged(path, pos, len(records), reason)
+        break
     return records, pos
+
+
+def _torn_tail(f: IO[bytes], pos: int, size: int, length: int) -> str | None:
+    """None when the bad record at ``pos`` is what a crash mid-append leaves, else what is wrong."""
+    end = pos + _RECORD_PREFIX.size + length
+    if end == size and length >= _BODY_HEADER.size:
+        return None  # the last record, its body not all on disk
+    if end > size:
+        # A body cut short; unless an intact record follows: then its length field is damaged.
+        later = _intact_record_after(f, pos, size)
+        if later is None:
+            return None
+        return f"its length {length} runs past the end of the file, yet a record starts at byte {later}"
+    if _zeros_to_end(f, pos, size) or _zeros_to_end(f, end, size):
+        return None  # the file grew but the appended data never reached the disk (power cut)
+    if length < _BODY_HEADER.size:
+        return f"its declared length {length} is shorter than any record"
+    return "its CRC does not match and more data follows it"
+
+
+def _zeros_to_end(f: IO[bytes], pos: int, size: int) -> bool:
+    f.seek(pos)
+    while chunk := f.read(min(_SCAN_CHUNK, size - f.tell())):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _intact_record_after(f: IO[bytes], pos: int, size: int) -> int | None:
+    """The offset of the first record with a matching CRC that starts after ``pos``, if any."""
+    f.seek(pos)
+    data = f.read(size - pos)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = len(data) - _RECORD_PREFIX.size - _BODY_HEADER.size  # the last offset a record fits at
+    for lo in range(1, last + 1, _SCAN_CHUNK):
+        hi = min(lo + _SCAN_CHUNK, last + 1)
+        # The length field at every offset at once; few offsets hold one that fits the file.
+        lengths = np.zeros(hi - lo, dtype=np.uint64)
+        for i in range(8):
+            lengths |= buf[lo + i : hi + i].astype(np.uint64) << np.uint64(8 * i)
+        room = (len(data) - _RECORD_PREFIX.size - np.arange(lo, hi)).astype(np.uint64)
+        for offset in (lo + np.flatnonzero((lengths >= _BODY_HEADER.size) & (lengths <= room))).tolist():
+            length, crc = _RECORD_PREFIX.unpack_from(data, offset)
+            body = offset + _RECORD_PREFIX.size
+            if zlib.crc32(memoryview(data)[body : body + length]) == crc:
+                return pos + offset
+    return None
 
 
 class Persistence:
@@ -241,7 +324,7 @@ class Persistence:
     ) -> tuple[Persistence, Snapshot | None, list[Record]]:
         """Lock the directory, read its snapshot and the journal records to replay on top of it."""
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            _make_dirs(directory)
             lock_fd = _lock(directory / LOCK_NAME)
         except OSError as exc:
             raise EngineFailure(f"cannot open store directory {directory}: {exc}") from exc
@@ -313,8 +396,8 @@ class Persistence:
             records, end = _read_records(f, size, path)
         if end < size:
             logger.warning(
-                "journal %s: dropped %d bytes of a torn or corrupt tail after %d complete records "
-                "(a write was cut short, e.g. by a crash; those writes were never acknowledged)",
+                "journal %s: cut %d bytes of a torn last record after %d complete records (a write cut "
+                "short by a crash or power cut; with sync=always it was never acknowledged)",
                 path,
                 size - end,
                 len(records),
