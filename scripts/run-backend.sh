@@ -17,6 +17,9 @@ else
     backend="$(basename -- "$here")"
 fi
 repo="$(cd -P -- "$here/../.." && pwd)"
+# Core launches run.sh: the backend exits when core dies, unless core's environment says otherwise
+# (`localfleet serve` started by hand does not watch its parent).
+export LOCALAI_BACKEND_PARENT_WATCH="${LOCALAI_BACKEND_PARENT_WATCH:-true}"
 # Start-up models bundled beside run.sh (the llama-cpp image's models/) are where LOCALFLEET_MODEL is
 # looked up, unless LOCALFLEET_MODEL_PATH names another folder.
 if [[ -z "${LOCALFLEET_MODEL_PATH:-}" && -d "$here/models" ]]; then

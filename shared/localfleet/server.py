@@ -13,11 +13,11 @@ from typing import Any
 
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
 
 from localfleet.auth import require_token
 from localfleet.backend import Backend
 from localfleet.codec import CappedProtoCodec
+from localfleet.drain import DrainingServer
 from localfleet.runtime import Runtime
 from localfleet.service import BackendService
 from localfleet.settings import Settings
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: seconds stopped calls get to notice their stop flag and answer, after the grace period
 _STOP_WAIT = 2.0
+#: seconds connections get, once calls are over, to hear GOAWAY and be closed by their clients
+_GOAWAY_LINGER = 1.0
 #: exit status after a second SIGTERM/SIGINT cut a drain short
 FORCED_EXIT = 2
 
@@ -38,7 +40,7 @@ class BackendServer:
         self.runtime = Runtime(backend, settings)
         service = BackendService(self.runtime)
         health = Health({service: [self.runtime.readiness]})
-        self.server = Server(
+        self.server = DrainingServer(
             ServerReflection.extend([service, health]), codec=CappedProtoCodec(settings.max_message_bytes)
         )
         if settings.auth_token:
@@ -57,14 +59,17 @@ class BackendServer:
             self._spawn(self.runtime.load_startup_model())
 
     def stop(self, grace: float | None = None) -> None:
-        """Begin a drain: readiness goes to not serving and new calls get UNAVAILABLE at once."""
+        """Begin a drain: readiness goes to not serving, new calls get UNAVAILABLE at once, no new
+        connection is accepted, and each open one is told GOAWAY (its calls in flight still finish)."""
         if grace is not None:
             self._grace = min(self._grace, grace)
         self.runtime.begin_drain()
+        self.server.begin_drain()
         self._stopping.set()
 
     async def wait_stopped(self) -> None:
-        """After stop(): wait for calls in flight up to the grace period, cancel the rest, flush, close."""
+        """After stop(): wait for calls in flight up to the grace period, stop the rest, close the
+        connections (after their GOAWAY), flush."""
         await self._stopping.wait()
         if not await self.runtime.wait_idle(self._grace):
             log.warning(
@@ -75,8 +80,7 @@ class BackendServer:
             self.runtime.stop_calls()
             # Engine loops check their stop flag every step; what still runs after this is cancelled.
             await self.runtime.wait_idle(_STOP_WAIT)
-        self.server.close()
-        await self.server.wait_closed()
+        await self.server.finish_drain(_GOAWAY_LINGER)
         for task in self._tasks:
             task.cancel()
         await self.runtime.close()
@@ -89,6 +93,8 @@ class BackendServer:
 
 async def run(backend: Backend, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT (drain, exit 0), a second signal (exit at once) or the parent's death."""
+    # Read before the port opens: a launcher may exit as soon as it sees the backend serve.
+    parent = os.getppid()
     app = BackendServer(backend, settings)
     await app.start()
     loop = asyncio.get_running_loop()
@@ -106,7 +112,7 @@ async def run(backend: Backend, settings: Settings) -> int:
         app.runtime.metrics.serve(settings.metrics_addr)
     watch = None
     if settings.parent_watch:
-        watch = loop.create_task(_watch_parent(app, settings.parent_watch_interval))
+        watch = loop.create_task(_watch_parent(app, parent, settings.parent_watch_interval))
     log.info("%s serving on %s (pid %d)", backend.name, settings.addr, os.getpid())
     await app.wait_stopped()
     if watch is not None:
@@ -117,9 +123,8 @@ async def run(backend: Backend, settings: Settings) -> int:
     return 0
 
 
-async def _watch_parent(app: BackendServer, interval: float) -> None:
+async def _watch_parent(app: BackendServer, parent: int, interval: float) -> None:
     """When launched by LocalAI core (run.sh), exit once core is gone, so no port or GPU memory is held."""
-    parent = os.getppid()
     if parent <= 1:
         log.debug("no parent to watch (ppid %d)", parent)
         return

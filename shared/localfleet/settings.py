@@ -58,10 +58,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LOCALAI_GRPC_AUTH_TOKEN", "LOCALFLEET_AUTH_TOKEN", "auth_token"),
         description="bearer token required on every Backend call when set",
     )
+    # Off for a backend a person starts (`nohup localfleet serve ... &` outlives its shell); run.sh, which
+    # LocalAI core launches, turns it on unless the variable is set.
     parent_watch: bool = Field(
-        True,
+        False,
         validation_alias=AliasChoices("LOCALAI_BACKEND_PARENT_WATCH", "parent_watch"),
-        description="exit when the launching process (LocalAI core) dies",
+        description="exit when the launching process (LocalAI core) dies; run.sh turns it on",
     )
     parent_watch_interval: float = Field(
         2.0,

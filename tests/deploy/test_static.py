@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,30 @@ def test_run_sh_looks_up_start_up_models_beside_it(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"models: {folder / 'models'}"
     chosen = run([str(script)], cwd=folder, env={**env, "LOCALFLEET_MODEL_PATH": "/models"}, timeout=30)
     assert chosen.stdout.strip() == "models: /models"
+
+
+def test_run_sh_watches_its_parent_unless_told_not_to(tmp_path: Path) -> None:
+    # Core launches run.sh and may die: the backend watches it. `localfleet serve` alone does not.
+    fake = tmp_path / "venv" / "bin" / "localfleet"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "watch: $LOCALAI_BACKEND_PARENT_WATCH"\n')
+    fake.chmod(0o755)
+    script = ROOT / "services" / "local-store" / "run.sh"
+    env = {"LOCALFLEET_VENV": str(fake.parent.parent), "PATH": "/usr/bin:/bin"}
+    unset = {k: v for k, v in os.environ.items() if k != "LOCALAI_BACKEND_PARENT_WATCH"}
+    result = subprocess.run(
+        [str(script)],
+        cwd=script.parent,
+        env={**unset, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout.strip() == "watch: true", result.stderr
+    told = {**env, "LOCALAI_BACKEND_PARENT_WATCH": "false"}
+    result = run([str(script)], cwd=script.parent, env=told, timeout=30)
+    assert result.stdout.strip() == "watch: false", explain(result)
 
 
 def test_compose_file_validates() -> None:

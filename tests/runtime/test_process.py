@@ -1,24 +1,32 @@
-"""A real `localfleet serve` process: drain on SIGTERM, second signal, parent death, lazy imports."""
+"""A real `localfleet serve` process: drain on SIGTERM (GOAWAY), second signal, parent death, lazy imports."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+from pathlib import Path
 
+import grpc  # type: ignore[import-untyped]
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated, RemoteSettingsChanged
 
-from localfleet.client import connect
+from localfleet.client import Client, connect
 from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import spawn
+from localfleet.settings import split_addr
+from localfleet.testing import free_port, spawn
 
 WORKBENCH = "tests.runtime.workbench:Workbench"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _load(addr: str) -> None:
@@ -38,6 +46,78 @@ async def _wait_in_flight(addr: str) -> None:
     raise AssertionError("the request never started")
 
 
+async def _wait_not_ready(client: Client) -> None:
+    """Until readiness says NOT_SERVING: the signal is handled on the server's loop, a moment later."""
+    for _ in range(1000):
+        if not await client.ready():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("readiness never went to NOT_SERVING")
+
+
+class _RawH2:
+    """A bare HTTP/2 client connection that opens no stream: what an idle client sees, frame by frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = H2Connection(H2Configuration(client_side=True))
+
+    @classmethod
+    async def open(cls, addr: str) -> _RawH2:
+        raw = cls(*await asyncio.open_connection(*split_addr(addr)))
+        raw.h2.initiate_connection()
+        raw.writer.write(raw.h2.data_to_send())
+        while not any(isinstance(e, RemoteSettingsChanged) for e in await raw._events()):
+            pass  # the server's SETTINGS: it has accepted this connection
+        raw.writer.write(raw.h2.data_to_send())  # our SETTINGS ack
+        return raw
+
+    async def _events(self) -> list[object]:
+        data = await self.reader.read(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        return list(self.h2.receive_data(data))
+
+    async def goaway(self) -> ConnectionTerminated:
+        """The server's GOAWAY; EOFError when the connection closes without one."""
+        while True:
+            for event in await self._events():
+                if isinstance(event, ConnectionTerminated):
+                    return event
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_sigterm_says_goaway_on_every_connection_while_calls_in_flight_finish() -> None:
+    with spawn(WORKBENCH) as proc:
+        await _load(proc.addr)
+        idle = await _RawH2.open(proc.addr)
+        # grpcio's C core takes a GOAWAY as LocalAI core's grpc-go does: calls begun on the connection go on.
+        async with grpc.aio.insecure_channel(proc.addr) as channel:
+            predict = channel.unary_unary(
+                "/backend.Backend/Predict",
+                request_serializer=pb.PredictOptions.SerializeToString,
+                response_deserializer=pb.Reply.FromString,
+            )
+            in_flight = predict(pb.PredictOptions(Prompt="p", Tokens=300))
+            await _wait_in_flight(proc.addr)
+            proc.popen.send_signal(signal.SIGTERM)
+            goaway = await asyncio.wait_for(idle.goaway(), 10)
+            idle.close()  # as a client does once told to go away
+            # Graceful: no error, and every stream the client began may still finish.
+            assert goaway.error_code == ErrorCodes.NO_ERROR
+            assert goaway.last_stream_id == 2**31 - 1
+            # The busy connection heard it too: the channel stops using it (READY -> IDLE) mid-call.
+            await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+            assert not in_flight.done(), "the GOAWAY came only once the call was over"
+            with pytest.raises(ConnectionRefusedError):  # no new connection while draining
+                await asyncio.open_connection(*split_addr(proc.addr))
+            reply = await in_flight
+            assert reply.message == b"p:300"
+        assert await asyncio.to_thread(proc.popen.wait, 20) == 0
+
+
 async def test_sigterm_drains_calls_in_flight_then_exits_zero() -> None:
     with spawn(WORKBENCH) as proc:
         await _load(proc.addr)
@@ -45,16 +125,13 @@ async def test_sigterm_drains_calls_in_flight_then_exits_zero() -> None:
             in_flight = asyncio.create_task(client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=150)))
             await _wait_in_flight(proc.addr)
             proc.popen.send_signal(signal.SIGTERM)
-            async with connect(proc.addr) as other:
-                for _ in range(1000):  # the signal is handled on the server's loop: wait until it shows
-                    if not await other.ready():
-                        break
-                    await asyncio.sleep(0.005)
-                assert not await other.ready()
-                with pytest.raises(GRPCError) as err:
-                    await other.backend.Predict(pb.PredictOptions(Prompt="late", Tokens=1))
-                assert err.value.status == Status.UNAVAILABLE
-                assert "draining" in (err.value.message or "")
+            # grpclib's client fails its calls on any GOAWAY: its connection is closed after them, untold.
+            # On the connection of the call in flight: a draining backend accepts no new connection.
+            await _wait_not_ready(client)
+            with pytest.raises(GRPCError) as err:
+                await client.backend.Predict(pb.PredictOptions(Prompt="late", Tokens=1))
+            assert err.value.status == Status.UNAVAILABLE
+            assert "draining" in (err.value.message or "")
             reply = await in_flight
             assert reply.message == b"p:150"
         assert await asyncio.to_thread(proc.popen.wait, 20) == 0
@@ -87,44 +164,98 @@ async def test_second_signal_exits_at_once() -> None:
             )
             await _wait_in_flight(proc.addr)
             proc.popen.send_signal(signal.SIGTERM)
-            async with connect(proc.addr) as other:
-                for _ in range(1000):
-                    if not await other.ready():
-                        break
-                    await asyncio.sleep(0.005)
+            await _wait_not_ready(client)
             proc.popen.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.popen.wait, 10) == 2
             in_flight.cancel()
 
 
-def test_backend_exits_when_its_parent_dies(tmp_path: object) -> None:
-    """LocalAI core launched it (run.sh) and was killed: the backend must not outlive it."""
-    launcher = textwrap.dedent(
-        f"""
-        import subprocess, sys
-        child = subprocess.Popen([sys.executable, "-m", "localfleet", "serve", {WORKBENCH!r},
-                                  "--addr", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
-        for line in child.stderr:  # like core, stay alive until the backend serves, then die
-            if " serving on " in line:
-                break
-        print(child.pid, flush=True)
-        """
-    )
-    env = {**os.environ, "LOCALAI_BACKEND_PARENT_WATCH_INTERVAL": "100ms"}
+_LAUNCHER = """
+import asyncio, subprocess, sys
+from localfleet.client import wait_healthy
+*argv, addr, log = sys.argv[1:]
+with open(log, "w") as err:
+    child = subprocess.Popen([*argv, "--addr", addr], stdout=subprocess.DEVNULL, stderr=err)
+try:  # like core: stay until the backend serves, then go
+    asyncio.run(wait_healthy(addr, 30))
+except BaseException:
+    child.kill()
+    raise
+print(child.pid, flush=True)
+"""
+
+
+def _start_then_exit(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Start a backend from a parent process that exits once it serves: the orphan's pid and address."""
+    addr = f"127.0.0.1:{free_port()}"
     out = subprocess.run(
-        [sys.executable, "-c", launcher], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", _LAUNCHER, *argv, addr, str(log)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
-    child = int(out.stdout.strip())
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(child, signal.SIGKILL)
-    pytest.fail("the backend outlived its parent")
+    assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
+    return int(out.stdout.strip()), addr
+
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    """Whether a process that is not our child ends within `timeout` s (a pidfd turns readable then)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def _env(**changes: str | None) -> dict[str, str]:
+    env = {**os.environ, "LOCALAI_BACKEND_PARENT_WATCH_INTERVAL": "10ms"}
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def test_backend_started_by_run_sh_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    """LocalAI core launched it (run.sh) and was killed: the backend must not outlive it."""
+    venv = Path(sys.executable).parent.parent
+    if not (venv / "bin" / "localfleet").is_file():
+        pytest.skip("no localfleet command in this environment for run.sh to start")
+    folder = tmp_path / "workbench"
+    folder.mkdir()
+    (folder / "run.sh").symlink_to(ROOT / "scripts" / "run-backend.sh")
+    (folder / "BACKEND").write_text(WORKBENCH)
+    # run.sh turns the watch on when core's environment does not set it.
+    env = _env(LOCALAI_BACKEND_PARENT_WATCH=None, LOCALFLEET_VENV=str(venv), PYTHONPATH=str(ROOT))
+    child, _ = _start_then_exit([str(folder / "run.sh")], env, tmp_path / "backend.log")
+    if not _exits_within(child, 15):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the backend outlived its parent")
+
+
+async def test_serve_started_by_hand_outlives_its_parent(tmp_path: Path) -> None:
+    """`nohup localfleet serve ... &` from a shell that then exits: the backend keeps serving."""
+    argv = [sys.executable, "-m", "localfleet", "serve", WORKBENCH]
+    env = _env(LOCALAI_BACKEND_PARENT_WATCH=None)
+    child, addr = await asyncio.to_thread(_start_then_exit, argv, env, tmp_path / "backend.log")
+    try:
+        # Half a second of work after the parent is gone: a watch every 10 ms would have cut it.
+        await _load(addr)
+        async with connect(addr) as client:
+            reply = await client.backend.Predict(pb.PredictOptions(Prompt="p", Tokens=50))
+        assert reply.message == b"p:50"
+        os.kill(child, signal.SIGTERM)
+        assert await asyncio.to_thread(_exits_within, child, 20)
+    finally:
+        if not _exits_within(child, 0):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_unknown_backend_fails_with_a_clear_message() -> None:

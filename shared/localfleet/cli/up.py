@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
+import os
 import signal
 import socket
 import time
@@ -209,7 +210,9 @@ async def _fleet(children: list[Child], start_timeout: float, keep_going: bool =
 async def _start(child: Child) -> None:
     # Its own session: a terminal's Ctrl-C reaches only `up`, which then drains each child with one
     # SIGTERM (a second signal would make a child exit at once). If `up` dies, the parent watch ends them.
-    child.process = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True)
+    # The parent watch, on: a child of `up` ends with it, however `up` ends (run.sh sets it too).
+    env = {**os.environ, "LOCALAI_BACKEND_PARENT_WATCH": "true"}
+    child.process = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True, env=env)
     child.started = time.monotonic()
     log.info("started %s on %s (pid %d)", child.name, child.addr, child.process.pid)
 

@@ -1,0 +1,136 @@
+"""grpclib's Server with a drain that tells clients to go away (HTTP/2 GOAWAY) before their sockets close.
+
+grpclib's own `Server.close()` closes the listener and cancels every handler, but sends no GOAWAY and leaves
+the sockets open until the process exits: a client (LocalAI core's grpc-go) learns only by being cut, and
+calls it starts meanwhile fail with "transport is closing". Here a drain closes the listener at once and
+sends each connection a graceful GOAWAY (NO_ERROR, last stream 2^31-1: whatever the client began still
+finishes); once the calls are over, clients close their connections and the rest are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, cast
+
+from grpclib.protocol import AbstractHandler, H2Protocol, Stream
+from grpclib.server import Server
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+#: the highest stream id: "every stream you opened may still finish" (RFC 9113, 6.8)
+LAST_STREAM_ID = 2**31 - 1
+
+
+class DrainingServer(Server):
+    """A grpclib Server that knows its connections, so a drain can reach each one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[ServerConnection] = set()
+        self.draining = False
+
+    def _protocol_factory(self) -> H2Protocol:
+        # The one place grpclib makes a connection's protocol. Private, but grpclib has no public hook,
+        # and asyncio's Server does not list its connections (before 3.13): the drain must find each one.
+        return ServerConnection(super()._protocol_factory(), self)
+
+    def begin_drain(self) -> None:
+        """Accept no more connections; tell each open one to go away."""
+        if self.draining:
+            return
+        self.draining = True
+        # grpclib closes its listener only in close(), which also cancels the calls in flight: the
+        # listener (its private asyncio server) is closed here alone, so those calls may finish.
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.go_away()
+
+    async def finish_drain(self, linger: float) -> None:
+        """Calls are over: give connections `linger` seconds to end their streams and be closed by
+        their clients (grpc-go closes one at once then), then close the rest."""
+        settling = [c.settled() for c in self.connections]
+        if settling:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*settling), linger)
+        for connection in list(self.connections):
+            connection.close()
+        self.close()
+        await self.wait_closed()
+
+
+class ServerConnection(H2Protocol):
+    """grpclib's protocol for one accepted connection (built from the one grpclib made), which can be
+    told to go away."""
+
+    def __init__(self, made: H2Protocol, server: DrainingServer) -> None:
+        self.user_agent: str | None = None
+        super().__init__(_Requests(made.handler, self), made.config, made.h2_config)
+        self.server = server
+        self.closed = asyncio.Event()
+        self.goaway_sent = False
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        if self.server.draining:  # accepted just before the listener closed
+            self.go_away()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.server.connections.discard(self)
+        self.closed.set()
+
+    def go_away(self) -> None:
+        """Send the GOAWAY; the connection stays open for the streams the client began."""
+        transport = self._transport
+        if self.goaway_sent or transport is None or transport.is_closing():
+            return
+        # grpclib's own client ends every call it has not finished reading the moment any GOAWAY comes
+        # (even one whose reply has arrived): its connections are only closed, once their calls are over.
+        if self.user_agent is not None and "grpclib" in self.user_agent:
+            return
+        self.goaway_sent = True
+        # Written past h2: its close_connection() puts the whole connection in state CLOSED, after which
+        # the streams the GOAWAY lets finish could send nothing (python-hyper/h2#1181). A frame is one
+        # write, as every write grpclib makes, so it never lands inside another frame.
+        frame = GoAwayFrame(0, last_stream_id=LAST_STREAM_ID, error_code=ErrorCodes.NO_ERROR)
+        transport.write(frame.serialize())
+
+    async def settled(self) -> None:
+        """Until no stream is open here and, after a GOAWAY, the client has closed the connection."""
+        waiter = self.connection.stream_close_waiter  # set by grpclib each time a stream ends
+        while self.processor.streams and not self.closed.is_set():
+            waiter.clear()
+            await waiter.wait()
+        if self.goaway_sent:
+            await self.closed.wait()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _Requests(AbstractHandler):
+    """grpclib's request handler for one connection, noting which client library the requests come from."""
+
+    def __init__(self, handler: AbstractHandler, connection: ServerConnection) -> None:
+        self.handler = handler
+        self.connection = connection
+
+    def accept(
+        self, stream: Stream, headers: list[tuple[str, str]], release_stream: Callable[[], Any]
+    ) -> None:
+        if self.connection.user_agent is None:
+            self.connection.user_agent = dict(headers).get("user-agent", "")
+        self.handler.accept(stream, headers, release_stream)
+
+    def cancel(self, stream: Stream) -> None:
+        self.handler.cancel(stream)
+
+    def close(self) -> None:
+        self.handler.close()
