@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 from localfleet.backend import Backend
 from localfleet.call import Call
 from localfleet.errors import BadInput, EngineFailure, NotLoaded
+from localfleet.inputs import excerpt
+from localfleet.paths import PATH_CHARS
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -39,13 +41,14 @@ def decode(path: Path | str, field: str = "dst") -> np.ndarray:
         raise EngineFailure("decoding audio needs PyAV: pip install av") from exc
 
     path = Path(path)
+    named = f"{field} {excerpt(str(path), PATH_CHARS)}"
     if path.stat().st_size == 0:
-        raise BadInput(f"{field} {str(path)!r} is an empty file; send an audio file ({FORMATS})")
+        raise BadInput(f"{named} is an empty file; send an audio file ({FORMATS})")
     chunks: list[np.ndarray] = []
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
-                raise BadInput(f"{field} {str(path)!r} has no audio stream; send an audio file ({FORMATS})")
+                raise BadInput(f"{named} has no audio stream; send an audio file ({FORMATS})")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
@@ -54,11 +57,11 @@ def decode(path: Path | str, field: str = "dst") -> np.ndarray:
             chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
     except av.error.FFmpegError as exc:
         raise BadInput(
-            f"{field} {str(path)!r} is not audio that can be decoded ({exc.strerror or exc}); send {FORMATS}"
+            f"{named} is not audio that can be decoded ({exc.strerror or exc}); send {FORMATS}"
         ) from None
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     if samples.size == 0:
-        raise BadInput(f"{field} {str(path)!r} holds no audio samples; send a non-empty recording")
+        raise BadInput(f"{named} holds no audio samples; send a non-empty recording")
     return np.clip(samples.astype(np.float32, copy=False), -1.0, 1.0)
 
 
@@ -127,11 +130,11 @@ class Asked:
         if self.language and self.language not in languages:
             if not multilingual:
                 raise BadInput(
-                    f"language {self.language!r}: this model is English-only; send 'en' or leave it empty, "
-                    "or load a multilingual Whisper model"
+                    f"language {excerpt(self.language)}: this model is English-only; send 'en' or leave it "
+                    "empty, or load a multilingual Whisper model"
                 )
             raise BadInput(
-                f"language {self.language!r} is not a Whisper language code (e.g. 'en', 'de', 'ja')"
+                f"language {excerpt(self.language)} is not a Whisper language code (e.g. 'en', 'de', 'ja')"
             )
         if self.translate and not multilingual:
             raise BadInput("translate: this model is English-only; load a multilingual one to translate")

@@ -8,6 +8,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from localfleet.errors import BadInput
+from localfleet.inputs import excerpt
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,7 +31,7 @@ def split_options(raw: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition(":")
         key = key.strip()
         if not sep or not key:
-            raise BadInput(f"option {item!r} is not key:value (e.g. 'threads:4')")
+            raise BadInput(f"option {excerpt(item)} is not key:value (e.g. 'threads:4')")
         pairs[key] = value.strip()
     return pairs
 
@@ -46,11 +47,12 @@ def parse_options(model: type[M], raw: Iterable[str]) -> M:
             key = ".".join(str(p) for p in err["loc"]) or "options"
             if err["type"] == "extra_forbidden":
                 known = ", ".join(model.model_fields) or "none"
-                problems.append(f"unknown option {key!r} (known: {known})")
+                problems.append(f"unknown option {excerpt(key)} (known: {known})")
             else:
                 field = model.model_fields.get(key)
                 expected = _type_name(field.annotation) if field else "a valid value"
-                problems.append(f"option {key!r}={err.get('input')!r}: expected {expected} ({err['msg']})")
+                value = excerpt(str(err.get("input")))
+                problems.append(f"option {excerpt(key)}={value}: expected {expected} ({err['msg']})")
         raise BadInput("; ".join(problems)) from None
 
 

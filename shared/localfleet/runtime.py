@@ -17,6 +17,7 @@ from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BackendError, NotFound, NotLoaded, Refused, Unavailable
 from localfleet.gate import ModelGate
+from localfleet.inputs import excerpt
 from localfleet.metrics import Metrics
 from localfleet.options import parse_options
 from localfleet.paths import PathPolicy
@@ -97,10 +98,10 @@ class Runtime:
     # -- checks every request goes through ------------------------------------------------------
     def check_identity(self, identity: str) -> None:
         if identity and identity != self.model_name:
-            loaded = repr(self.model_name) if self.model_name else "no model"
+            loaded = excerpt(self.model_name) if self.model_name else "no model"
             raise NotFound(
-                f"model identity mismatch: the request is for {identity!r} but this backend has {loaded} "
-                "loaded; call LoadModel for that model first"
+                f"model identity mismatch: the request is for {excerpt(identity)} but this backend has "
+                f"{loaded} loaded; call LoadModel for that model first"
             )
 
     def require_model(self) -> None:
@@ -126,9 +127,9 @@ class Runtime:
         except (BackendError, ValueError) as exc:
             return pb.Result(success=False, message=f"{self.backend.name}: {exc}")
         if reason:
-            log.info("refused model %r: %s", ref.name, reason)
+            log.info("refused model %s: %s", excerpt(ref.name), reason)
             return pb.Result(
-                success=False, message=f"{self.backend.name} cannot serve {ref.name!r}: {reason}"
+                success=False, message=f"{self.backend.name} cannot serve {excerpt(ref.name)}: {reason}"
             )
         loop = asyncio.get_running_loop()
         async with self.gate.exclusive():
@@ -145,19 +146,19 @@ class Runtime:
                 self.state = State.ERROR
                 self.last_error = _describe(exc)
                 if isinstance(exc, BackendError | Refused):
-                    log.warning("LoadModel %r failed: %s", ref.name, exc)
+                    log.warning("LoadModel %s failed: %s", excerpt(ref.name), exc)
                 else:
-                    log.exception("LoadModel %r failed", ref.name)
+                    log.exception("LoadModel %s failed", excerpt(ref.name))
                 return pb.Result(
                     success=False,
-                    message=f"{self.backend.name}: loading {ref.name!r} failed: {self.last_error}",
+                    message=f"{self.backend.name}: loading {excerpt(ref.name)} failed: {self.last_error}",
                 )
             elapsed = time.perf_counter() - started
             self.metrics.load_seconds.observe(elapsed)
             self.state = State.READY
             self.model_name = ref.name
             self.last_error = ""
-            log.info("loaded %r in %.2f s: %s", ref.name, elapsed, message)
+            log.info("loaded %s in %.2f s: %s", excerpt(ref.name), elapsed, message)
             return pb.Result(success=True, message=message or f"loaded {ref.name}")
 
     async def free(self) -> pb.Result:
@@ -173,7 +174,7 @@ class Runtime:
             self.state = State.UNINITIALIZED
             gc.collect()
             memory.release_device_caches()
-            log.info("freed %r: %s", name, message)
+            log.info("freed %s: %s", excerpt(name), message)
             return pb.Result(success=True, message=message or f"freed {name}")
 
     def status(self) -> pb.StatusResponse:

@@ -20,7 +20,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from localfleet.call import Call
-from localfleet.errors import BackendError, Unavailable
+from localfleet.errors import BackendError, BadInput, Overloaded, Unavailable
 from localfleet.proto import backend_pb2 as pb
 from localfleet.runtime import Runtime
 
@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Backend"]
 #: RPCs the runtime answers itself, for every backend
 CONTROL = frozenset({"Health", "LoadModel", "Free", "Status"})
+#: the most bytes of a status message: longer ones are cut (see `_bounded`)
+MAX_STATUS_BYTES = 1024
+#: how allocation failures read when an engine reports them as a plain exception (ONNX Runtime's arena,
+#: std::bad_alloc passed through, a GPU out of memory)
+_ALLOCATION_FAILED = ("failed to allocate memory", "bad_alloc", "bad allocation", "out of memory")
 
 _CARDINALITY = {
     (False, False): Cardinality.UNARY_UNARY,
@@ -40,9 +45,31 @@ _CARDINALITY = {
 ServerStream = Stream[Any, Any]
 
 
+class _LateArrivals(logging.Filter):
+    """grpclib logs a request whose deadline passed before its handler could start as an ERROR with a
+    traceback; with clients that set deadlines that is traffic, not a fault: one INFO line instead.
+
+    Only a deadline makes grpclib log a TimeoutError: every handler here turns its own exceptions into
+    statuses.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(exc, TimeoutError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "a request's deadline passed before it could start; not run", ()
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+_LATE_ARRIVALS = _LateArrivals()
+
+
 class BackendService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        logging.getLogger("grpclib.server").addFilter(_LATE_ARRIVALS)  # once: addFilter skips a repeat
         backend = runtime.backend
         self.served = sorted(m.name for m in SERVICE.methods if m.name in CONTROL or hasattr(backend, m.name))
         if stray := sorted(set(backend.limit_groups) - (set(self.served) - CONTROL)):
@@ -88,26 +115,34 @@ class BackendService:
                 finally:
                     if counted:
                         self.runtime.call_ended()
-            except GRPCError as exc:
-                code = exc.status
-                raise
-            except BackendError as exc:
-                code = exc.status
-                raise GRPCError(exc.status, str(exc)) from None
             except asyncio.CancelledError:
                 code = Status.CANCELLED
                 raise
             except Exception as exc:
-                code = Status.INTERNAL
-                log.exception("%s failed", rpc)
-                raise GRPCError(
-                    Status.INTERNAL, f"{self.runtime.backend.name} {rpc} failed: {type(exc).__name__}: {exc}"
-                ) from None
+                error = self._failure(rpc, exc)
+                code = error.status
+                raise error from None
             finally:
                 metrics.calls.labels(rpc, code.name).inc()
                 metrics.latency.labels(rpc).observe(time.perf_counter() - started)
 
         return handle
+
+    def _failure(self, rpc: str, exc: Exception) -> GRPCError:
+        """The status an exception ends a call with, logged once; a traceback only for engine failures."""
+        if isinstance(exc, GRPCError):
+            return GRPCError(exc.status, _bounded(exc.message), exc.details)
+        if isinstance(exc, BackendError):
+            message = _bounded(str(exc))
+            log.info("%s: %s: %s", rpc, exc.status.name, message)
+            return GRPCError(exc.status, message)
+        if (known := _not_an_engine_bug(exc)) is not None:
+            message = _bounded(str(known))
+            log.warning("%s: %s: %s (%s)", rpc, known.status.name, message, type(exc).__name__)
+            return GRPCError(known.status, message)
+        log.exception("%s failed", rpc)
+        message = f"{self.runtime.backend.name} {rpc} failed: {type(exc).__name__}: {exc}"
+        return GRPCError(Status.INTERNAL, _bounded(message))
 
     # -- the control RPCs ----------------------------------------------------------------------
     async def _health(self, stream: ServerStream) -> None:
@@ -187,6 +222,33 @@ class BackendService:
                     runtime.calls.discard(call)
 
         return body
+
+
+def _bounded(message: str | None) -> str | None:
+    """`message` fit to be a status message: valid UTF-8 of at most MAX_STATUS_BYTES, cut with a note.
+
+    The last guard for client input echoed in full: grpclib encodes a status message in pure Python on
+    the event loop, and a client refuses a trailer over its header limit anyway.
+    """
+    if message is None:
+        return None
+    data = message.encode("utf-8", "backslashreplace")  # an engine's lone surrogate would fail the trailer
+    if len(data) <= MAX_STATUS_BYTES:
+        return data.decode("utf-8")
+    note = f"… (message cut from {len(data)} bytes)"
+    return data[: MAX_STATUS_BYTES - len(note.encode())].decode("utf-8", "ignore") + note
+
+
+def _not_an_engine_bug(exc: Exception) -> BackendError | None:
+    """What a request too big or too deep for this process raises, as the error it is; None for the rest."""
+    if isinstance(exc, RecursionError):
+        return BadInput(f"the request nests too deeply for this backend ({exc}); send flatter input")
+    if isinstance(exc, MemoryError) or any(sign in str(exc).lower() for sign in _ALLOCATION_FAILED):
+        return Overloaded(
+            "the backend could not allocate memory for this request; send less per call (shorter input, "
+            "fewer items) or retry when fewer requests run"
+        )
+    return None
 
 
 def _check_shutdown(call: Call) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
+from localfleet.inputs import excerpt
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 from localfleet.speech import SpeechBackend, SpeechRequest, Utterance
@@ -113,11 +114,11 @@ class Kokoro(SpeechBackend):
         assert model is not None  # the runtime admits requests only with a model loaded
         if request.model and Path(request.model).name not in (model.name, BUNDLED):
             raise NotFound(
-                f"model {request.model!r} is not loaded here ({model.name} is); call LoadModel for it"
+                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
             )
         voice = request.voice or self._voice
         if voice not in model.voices:
-            raise NotFound(f"unknown voice {voice!r}; {model.name} has {', '.join(model.voices)}")
+            raise NotFound(f"unknown voice {excerpt(voice)}; {model.name} has {', '.join(model.voices)}")
         language = _language(request.language, "language") if request.language else self._language
         speech = functools.partial(model.pcm, request.text, voice, language, self._speed)
         return Utterance(model.sample_rate, speech, f"voice {voice}, {language}")
@@ -131,7 +132,8 @@ def _language(asked: str, what: str) -> str:
     code = asked.strip().lower().replace("_", "-")
     code = _ALIASES.get(code, code)
     if code not in LANGUAGES:
-        raise BadInput(f"{what} {asked!r} is not a language Kokoro speaks; use one of {', '.join(LANGUAGES)}")
+        known = ", ".join(LANGUAGES)
+        raise BadInput(f"{what} {excerpt(asked)} is not a language Kokoro speaks; use one of {known}")
     return code
 
 

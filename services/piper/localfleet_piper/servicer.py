@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
+from localfleet.inputs import excerpt
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 from localfleet.speech import SpeechBackend, SpeechRequest, Utterance
@@ -109,7 +110,9 @@ class Piper(SpeechBackend):
         if request.model and request.model not in self._aliases:
             found = catalog.find(request.model)
             if found is None:
-                raise NotFound(f"voice model {request.model!r} is not here; voices: {catalog.describe()}")
+                raise NotFound(
+                    f"voice model {excerpt(request.model)} is not here; voices: {catalog.describe()}"
+                )
             target = found
         voice = self._voice(target)
         speaker = self._options.speaker
@@ -121,20 +124,20 @@ class Piper(SpeechBackend):
                 found = catalog.find(request.voice)
                 if found is None:
                     raise NotFound(
-                        f"unknown voice {request.voice!r}: {voice.name} has {_speakers(voice)}; "
+                        f"unknown voice {excerpt(request.voice)}: {voice.name} has {_speakers(voice)}; "
                         f"voices here: {catalog.describe()}"
                     )
                 target, named_voice, speaker = found, True, None
         if request.language and not same_language(request.language, catalog.language(target)):
             if named_voice:
                 raise BadInput(
-                    f"voice {target.name} speaks {catalog.language(target)}, not {request.language!r}; "
-                    "leave voice empty to pick a voice by language"
+                    f"voice {target.name} speaks {catalog.language(target)}, not "
+                    f"{excerpt(request.language)}; leave voice empty to pick a voice by language"
                 )
             found = catalog.for_language(request.language)
             if found is None:
                 raise NotFound(
-                    f"no voice for language {request.language!r} here; voices: {catalog.describe()}"
+                    f"no voice for language {excerpt(request.language)} here; voices: {catalog.describe()}"
                 )
             target, speaker = found, None
         voice = self._voice(target)

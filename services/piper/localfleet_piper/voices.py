@@ -95,8 +95,11 @@ class Catalog:
         wanted = Path(name)
         if self.model_dir is not None and not wanted.is_absolute():
             wanted = self.model_dir / wanted
-        for candidate in (wanted, wanted.with_name(wanted.name + SUFFIX)):
-            resolved = candidate.resolve()
+        try:
+            paths = [wanted.resolve(), wanted.with_name(wanted.name + SUFFIX).resolve()]
+        except (OSError, ValueError, RuntimeError):  # "/", a null byte, a symbolic link loop: no such file
+            paths = []
+        for resolved in paths:
             for voice in voices:
                 if voice.path.resolve() == resolved:
                     return voice

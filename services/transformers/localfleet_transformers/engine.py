@@ -9,7 +9,6 @@ LM (generation with the model's chat template; embeddings by the same mean pooli
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
+from localfleet.inputs import excerpt, parse_json
 
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
 
@@ -211,12 +211,9 @@ class TextModel:
         for index, message in enumerate(messages):
             if message["role"] not in CHAT_ROLES:
                 known = ", ".join(sorted(CHAT_ROLES))
-                raise BadInput(f"Messages[{index}] has role {message['role']!r}; known roles: {known}")
+                raise BadInput(f"Messages[{index}] has role {excerpt(message['role'])}; known roles: {known}")
         extra: dict[str, Any] = {k: _template_value(v) for k, v in metadata.items()}
-        try:
-            tool_list = json.loads(tools) if tools else None
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"Tools is not valid JSON: {exc}") from None
+        tool_list = parse_json(tools, "Tools") if tools else None
         try:
             rendered = self.tokenizer.apply_chat_template(
                 messages, tools=tool_list, add_generation_prompt=True, tokenize=False, **extra

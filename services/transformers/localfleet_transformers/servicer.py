@@ -7,7 +7,6 @@ the caller goes away.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +17,7 @@ from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
+from localfleet.inputs import parse_json
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -187,10 +187,7 @@ def _messages(request: pb.PredictOptions) -> list[dict[str, Any]] | None:
             if value := getattr(m, key):
                 message[key] = value
         if m.tool_calls:
-            try:
-                message["tool_calls"] = json.loads(m.tool_calls)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"Messages[{index}].tool_calls is not valid JSON: {exc}") from None
+            message["tool_calls"] = parse_json(m.tool_calls, f"Messages[{index}].tool_calls")
         messages.append(message)
     return messages
 
