@@ -31,11 +31,13 @@ class ModelGate:
                 self._cond.notify_all()
 
     @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    async def exclusive(self, timeout: float | None = None) -> AsyncIterator[None]:
+        """The model alone; TimeoutError after `timeout` s of waiting for it (None: no limit)."""
         async with self._cond:
             self._writers_waiting += 1
             try:
-                await self._cond.wait_for(lambda: not self._writer and not self._readers)
+                async with asyncio.timeout(timeout):
+                    await self._cond.wait_for(lambda: not self._writer and not self._readers)
             finally:
                 self._writers_waiting -= 1
                 self._cond.notify_all()

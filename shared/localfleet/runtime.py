@@ -7,9 +7,11 @@ import enum
 import gc
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from grpclib.health.check import ServiceStatus
+from pydantic import BaseModel
 
 from localfleet import memory
 from localfleet.admission import Admission
@@ -23,6 +25,7 @@ from localfleet.options import parse_options
 from localfleet.paths import PathPolicy
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import Settings
+from localfleet.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,16 @@ class State(enum.Enum):
     READY = pb.StatusResponse.READY
     ERROR = pb.StatusResponse.ERROR
     LOADING = pb.StatusResponse.BUSY  # the contract has no LOADING: a load in progress shows as BUSY
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What loaded the model now served, to load it again."""
+
+    ref: ModelRef
+    options: BaseModel
+    request: pb.ModelOptions
+    limits: Mapping[str, int]
 
 
 class Runtime:
@@ -47,12 +60,17 @@ class Runtime:
             on_depth=self.metrics.queue_depth.set,
         )
         # Engine work, plus room for a load and a Free beside a full set of running calls.
-        self.executor = ThreadPoolExecutor(max_workers=limit + 2, thread_name_prefix=f"{backend.name}-work")
+        self.executor = Workers(max_workers=limit + 2, thread_name_prefix=f"{backend.name}-work")
         self.gate = ModelGate()
         self.paths = PathPolicy(settings.path_roots)
         self.state = State.UNINITIALIZED
         self.model_name = ""
         self.last_error = ""
+        #: the model a LoadModel is loading now, and since when (monotonic), for the calls that wait
+        self.loading = ""
+        self.loading_since = 0.0
+        #: the request that loaded the model now served: restored if a replacement fails to load
+        self._served: _Served | None = None
         #: grpc.health.v1 status: what a Kubernetes readiness probe reads
         self.readiness = ServiceStatus()
         self.readiness.set(settings.model is None)
@@ -106,6 +124,12 @@ class Runtime:
 
     def require_model(self) -> None:
         if self.state is not State.READY:
+            if self.state is State.LOADING:
+                waited = time.monotonic() - self.loading_since
+                raise Unavailable(
+                    f"model {excerpt(self.loading)} is loading (for {waited:.0f} s so far); retry once it "
+                    "is loaded (grpc.health.v1 says SERVING, Status says READY)"
+                )
             if self.state is State.ERROR:
                 raise NotLoaded(
                     f"no model loaded: the last LoadModel failed ({self.last_error}); call LoadModel again"
@@ -134,7 +158,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         async with self.gate.exclusive():
             started = time.perf_counter()
-            self.state = State.LOADING
+            previous = self._served if self.model_name else None
+            self._loading(ref.name)
             try:
                 # No call runs now; queued ones get the new model's limits (Ticket.settle).
                 self.admission.resize(limits)
@@ -143,23 +168,55 @@ class Runtime:
                     self.model_name = ""
                 message = await loop.run_in_executor(self.executor, self.backend.load, ref, options, request)
             except (Exception, Refused) as exc:  # any engine failure is the load's answer, never a crash
-                self.state = State.ERROR
-                self.last_error = _describe(exc)
-                if isinstance(exc, BackendError | Refused):
-                    log.warning("LoadModel %s failed: %s", excerpt(ref.name), exc)
-                else:
-                    log.exception("LoadModel %s failed", excerpt(ref.name))
-                return pb.Result(
-                    success=False,
-                    message=f"{self.backend.name}: loading {excerpt(ref.name)} failed: {self.last_error}",
-                )
+                failure = self._load_failed(ref, exc)
+                if previous is not None:
+                    failure += await self._restore(previous)
+                return pb.Result(success=False, message=failure)
             elapsed = time.perf_counter() - started
             self.metrics.load_seconds.observe(elapsed)
-            self.state = State.READY
-            self.model_name = ref.name
-            self.last_error = ""
+            self._served = _Served(ref, options, request, limits)
+            self._ready(ref.name)
             log.info("loaded %s in %.2f s: %s", excerpt(ref.name), elapsed, message)
             return pb.Result(success=True, message=message or f"loaded {ref.name}")
+
+    def _loading(self, name: str) -> None:
+        self.state = State.LOADING
+        self.loading = name
+        self.loading_since = time.monotonic()
+
+    def _ready(self, name: str) -> None:
+        self.state = State.READY
+        self.model_name = name
+        self.last_error = ""
+
+    def _load_failed(self, ref: ModelRef, exc: BaseException) -> str:
+        self.state = State.ERROR
+        self.last_error = _describe(exc)
+        if isinstance(exc, BackendError | Refused):
+            log.warning("LoadModel %s failed: %s", excerpt(ref.name), exc)
+        else:
+            log.exception("LoadModel %s failed", excerpt(ref.name))
+        return f"{self.backend.name}: loading {excerpt(ref.name)} failed: {self.last_error}"
+
+    async def _restore(self, served: _Served) -> str:
+        """After a failed replacement, load the model that served before: a bad LoadModel costs its
+        caller an error, not every other caller their model. The old model was unloaded first (a GPU
+        rarely holds two), so this costs one more load of it."""
+        name = excerpt(served.ref.name)
+        log.info("loading %s again after the failed load", name)
+        self._loading(served.ref.name)
+        try:
+            self.admission.resize(served.limits)
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.backend.load, served.ref, served.options, served.request
+            )
+        except (Exception, Refused) as exc:
+            error = self.last_error
+            self._load_failed(served.ref, exc)
+            self.last_error = error  # the failure the caller asked about stays the one reported
+            return f"; loading {name} again failed too ({_describe(exc)}), so no model is loaded"
+        self._ready(served.ref.name)
+        return f"; {name}, loaded before, was loaded again and serves on"
 
     async def free(self) -> pb.Result:
         """Free: drop the model and give its memory back; Status returns to UNINITIALIZED."""
@@ -205,17 +262,26 @@ class Runtime:
         else:
             log.error("start-up model did not load; not ready: %s", result.message)
 
-    async def close(self) -> None:
-        """At exit: let the backend flush what must survive (a store's data), then stop the workers."""
+    async def close(self, wait: float | None = None) -> bool:
+        """At exit: let the backend flush what must survive (a store's data), then stop the workers.
+
+        False when a LoadModel still holds the model after `wait` s: its thread cannot be interrupted,
+        so the process must exit without joining it (`abandoned`)."""
         loop = asyncio.get_running_loop()
-        async with self.gate.exclusive():
-            try:
-                await loop.run_in_executor(self.executor, self.backend.close)
-            except Exception:
-                log.exception("backend close failed")
-            self.model_name = ""
-            self.state = State.UNINITIALIZED
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            async with self.gate.exclusive(timeout=wait):
+                try:
+                    await loop.run_in_executor(self.executor, self.backend.close)
+                except Exception:
+                    log.exception("backend close failed")
+                self.model_name = ""
+                self.state = State.UNINITIALIZED
+        except TimeoutError:
+            log.warning("loading %s is still running; exiting without waiting for it", excerpt(self.loading))
+            return False
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,6 +48,8 @@ class BackendServer:
         self._stopping = asyncio.Event()
         self._grace = settings.grace_period
         self._tasks: set[asyncio.Task[None]] = set()
+        #: a load's thread was left running at exit (see Runtime.close)
+        self.abandoned = False
 
     async def start(self, sock: socket.socket | None = None) -> None:
         if sock is None:
@@ -83,7 +85,7 @@ class BackendServer:
         await self.server.finish_drain(_GOAWAY_LINGER)
         for task in self._tasks:
             task.cancel()
-        await self.runtime.close()
+        self.abandoned = not await self.runtime.close(wait=_STOP_WAIT)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -120,6 +122,12 @@ async def run(backend: Backend, settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await watch
     log.info("%s stopped", backend.name)
+    busy = app.runtime.executor.busy
+    if app.abandoned or busy:
+        # Work in native code cannot be interrupted, and the interpreter would join its thread at exit.
+        log.warning("%d worker threads still busy (a load or engine work); exiting without them", busy)
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

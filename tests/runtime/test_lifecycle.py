@@ -122,6 +122,31 @@ async def test_a_later_load_replaces_the_model(loaded: Served, workbench: Workbe
     assert err.value.status == Status.NOT_FOUND
 
 
+async def test_a_failed_replacement_loads_the_old_model_again(loaded: Served, workbench: Workbench) -> None:
+    result = await load(loaded, "broken-model", Options=["fail:true"])
+    assert not result.success
+    assert "the workbench was told to fail" in result.message
+    assert "'bench-model', loaded before, was loaded again and serves on" in result.message
+    assert workbench.loaded == "bench-model"
+    reply = await loaded.client.backend.Predict(pb.PredictOptions(Prompt="still", Tokens=1))
+    assert reply.message == b"still:1"
+    status = await loaded.client.backend.Status(pb.HealthMessage())
+    assert status.state == pb.StatusResponse.READY
+
+
+async def test_calls_during_a_load_hear_the_model_is_loading(served: Served, workbench: Workbench) -> None:
+    workbench.release_load.clear()
+    loading = asyncio.create_task(load(served, "slow-model"))
+    await asyncio.to_thread(workbench.load_started.wait, 5)
+    with pytest.raises(GRPCError) as err:
+        await served.client.backend.Predict(pb.PredictOptions(Prompt="x"), timeout=5)
+    assert err.value.status == Status.UNAVAILABLE
+    assert "model 'slow-model' is loading" in (err.value.message or "")
+    assert "call LoadModel" not in (err.value.message or "")
+    workbench.release_load.set()
+    assert (await loading).success
+
+
 async def test_status_reports_state_and_memory(served: Served) -> None:
     status = await served.client.backend.Status(pb.HealthMessage())
     assert status.state == pb.StatusResponse.UNINITIALIZED

@@ -155,6 +155,20 @@ async def test_grace_period_cuts_long_calls_then_exits_zero() -> None:
             assert time.monotonic() - started < 10
 
 
+async def test_sigterm_during_a_long_load_exits_within_the_grace_period() -> None:
+    # A load runs in a thread nothing can interrupt; the process must not wait the load out.
+    with spawn(WORKBENCH, "--grace-period", "0.5") as proc:
+        async with connect(proc.addr) as client:
+            slow = pb.ModelOptions(Model="m", Options=["load_seconds:120"])
+            loading = asyncio.create_task(client.backend.LoadModel(slow))
+            await _wait_in_flight(proc.addr)
+            started = time.monotonic()
+            proc.popen.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.popen.wait, 30) == 0
+            assert time.monotonic() - started < 15
+            loading.cancel()
+
+
 async def test_second_signal_exits_at_once() -> None:
     with spawn(WORKBENCH) as proc:
         await _load(proc.addr)
