@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
+    @field_validator("addr", "metrics_addr", mode="after")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_addr(value)
+        return value
+
     @field_validator("auth_token", mode="after")
     @classmethod
     def _empty_token_is_off(cls, value: str | None) -> str | None:

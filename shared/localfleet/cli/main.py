@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from localfleet.cli import serve as serve_cmd
 
-    serve_cmd.add_arguments(serve)
+    serve_cmd.add_arguments(serve, _after(argv, "serve"))
     lister.add_argument("--backends-dir", type=Path, help="folder of installed backend folders")
     lister.set_defaults(run=_list)
     from localfleet.cli import install as install_cmd
@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     up_cmd.add_arguments(up)
     args = parser.parse_args(argv)
     return int(args.run(args))
+
+
+def _after(argv: list[str] | None, command: str) -> list[str]:
+    words = sys.argv[1:] if argv is None else argv
+    return words[1:] if words[:1] == [command] else []
 
 
 def _list(args: argparse.Namespace) -> int:
