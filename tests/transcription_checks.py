@@ -182,7 +182,11 @@ class TranscriptionChecks:
 
         err = await error_of(whisper, "")
         assert err.status == Status.INVALID_ARGUMENT
-        assert "dst" in (err.message or "")
+        assert "the audio file (dst) is empty" in (err.message or "")
+
+        err = await error_of(whisper, tmp_path)  # a folder that exists is not "missing"
+        assert err.status == Status.INVALID_ARGUMENT
+        assert "is a folder" in (err.message or "")
 
     async def test_a_language_or_translation_the_model_lacks_is_invalid(
         self, whisper: Served, speech_clip: Clip

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 SAMPLE_RATE = 16_000
 FORMATS = "wav, mp3, flac, ogg"
+#: how messages name TranscriptRequest.dst, which holds the audio file to read
+AUDIO_FIELD = "the audio file (dst)"
 
 
 def decode(path: Path | str, field: str = "dst") -> np.ndarray:
@@ -188,7 +190,8 @@ class TranscriptionBackend(Backend):
         transcriber = self.transcriber
         if transcriber is None:
             raise NotLoaded()
-        samples = decode(call.paths.readable(request.dst, "dst"), "dst")
+        # `dst` is the audio file to transcribe (the contract's name): say what it is, not only the field.
+        samples = decode(call.paths.readable(request.dst, AUDIO_FIELD), AUDIO_FIELD)
         call.raise_if_stopped()
         asked = Asked(
             language=request.language.strip(),

@@ -48,7 +48,9 @@ class PathPolicy:
         """An existing file to read, inside the roots."""
         resolved = self._inside(path, field)
         with _os_checks(path, field):
-            found = resolved.is_file()
+            found, is_folder = resolved.is_file(), resolved.is_dir()
+        if is_folder:
+            raise BadInput(f"{field} {_shown(path)} is a folder; send the path of a file")
         if not found:
             raise NotFound(
                 f"{field} {_shown(path)} does not exist on this backend's file system (is the volume "

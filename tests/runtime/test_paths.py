@@ -35,3 +35,5 @@ def test_a_missing_file_or_folder_is_not_found(tmp_path: Path) -> None:
         policy.writable(str(tmp_path / "no" / "out.wav"), "dst")
     with pytest.raises(BadInput, match="empty"):
         policy.readable("", "dst")
+    with pytest.raises(BadInput, match="is a folder; send the path of a file"):
+        policy.readable(str(tmp_path), "dst")
