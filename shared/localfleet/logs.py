@@ -22,6 +22,37 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+#: libraries that give their loggers a handler of their own (and some stop propagation): each line
+#: would show twice, or once in the library's format, never as a JSON line
+_SELF_HANDLED = ("transformers", "huggingface_hub", "diffusers")
+
+
+class _Adopted(logging.Logger):
+    """A library's root logger that keeps no handler of its own: its records go to the process's."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:
+        pass
+
+    @property
+    def propagate(self) -> bool:
+        return True
+
+    @propagate.setter
+    def propagate(self, value: bool) -> None:
+        pass
+
+
+def _adopt(name: str) -> None:
+    if isinstance(logging.Logger.manager.loggerDict.get(name), logging.Logger):
+        return  # already made (imported before configure): leave it as the library set it
+    previous = logging.getLoggerClass()
+    logging.setLoggerClass(_Adopted)
+    try:
+        logging.getLogger(name)
+    finally:
+        logging.setLoggerClass(previous)
+
+
 def configure(level: str = "INFO", fmt: str = "text", backend: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -34,3 +65,5 @@ def configure(level: str = "INFO", fmt: str = "text", backend: str = "") -> None
     root.setLevel(level.upper())
     # grpclib logs every cancelled request at INFO: routine for a server whose clients hang up.
     logging.getLogger("grpclib").setLevel(max(logging.WARNING, root.level))
+    for name in _SELF_HANDLED:
+        _adopt(name)
