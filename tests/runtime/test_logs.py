@@ -22,4 +22,5 @@ def test_a_library_with_its_own_handler_logs_once_in_the_process_format() -> Non
     ran = subprocess.run([sys.executable, "-c", HUB_LIKE], capture_output=True, text=True, check=True)
     lines = [line for line in ran.stderr.splitlines() if "offline: no hub retries" in line]
     assert len(lines) == 1, ran.stderr
-    assert lines[0].startswith("{") and '"logger": "huggingface_hub.file_download"' in lines[0]
+    assert lines[0].startswith("{")
+    assert '"logger": "huggingface_hub.file_download"' in lines[0]
