@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -222,7 +223,14 @@ async def test_free_never_drops_acknowledged_data_in_memory() -> None:
         assert await get(c, [3, 4]) == {(3.0, 4.0): b"kept"}
 
 
-async def test_free_of_a_persistent_store_flushes_and_reload_finds_it(tmp_path: Path) -> None:
+def _roots(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    monkeypatch.setenv("LOCALFLEET_PATH_ROOTS", json.dumps([str(f) for f in folders]))
+
+
+async def test_free_of_a_persistent_store_flushes_and_reload_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _roots(monkeypatch, tmp_path)
     async with serving(LocalStore()) as served:
         c = served.client
         assert (await load(c, "store://disk", f"store_dir:{tmp_path}")).success
@@ -231,6 +239,25 @@ async def test_free_of_a_persistent_store_flushes_and_reload_finds_it(tmp_path: 
         assert "flushed to disk" in freed.message
         assert (await load(c, "store://disk", f"store_dir:{tmp_path}")).success
         assert await get(c, [5, 6]) == {(5.0, 6.0): b"on disk"}
+
+
+async def test_store_dir_must_lie_in_a_folder_the_operator_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    async with serving(LocalStore()) as served:  # nothing allowed: the option is off
+        result = await load(served.client, "store://x", f"store_dir:{elsewhere}")
+        assert not result.success
+        assert "store_dir option is off until" in result.message
+    _roots(monkeypatch, tmp_path / "allowed")
+    async with serving(LocalStore()) as served:
+        for outside in (str(elsewhere), str(tmp_path / "allowed" / ".." / "elsewhere"), "relative/dir"):
+            result = await load(served.client, "store://x", f"store_dir:{outside}")
+            assert not result.success, outside
+            assert "is not an absolute path inside" in result.message
+        assert (await load(served.client, "store://x", f"store_dir:{tmp_path / 'allowed'}")).success
+    assert not elsewhere.exists()
+    assert (tmp_path / "allowed" / "x").is_dir()
 
 
 async def test_a_bad_store_option_fails_load_naming_it(tmp_path: Path) -> None:
@@ -301,8 +328,9 @@ def _damaged_store(folder: Path, damage: str) -> Path:
 
 @pytest.mark.parametrize("damage", ["journal", "snapshot"])
 async def test_a_damaged_store_fails_load_keeps_its_files_and_others_keep_serving(
-    tmp_path: Path, damage: str
+    tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _roots(monkeypatch, tmp_path)
     path = _damaged_store(tmp_path / "bad", damage)
     files = {f: f.read_bytes() for f in (tmp_path / "bad").iterdir()}
     async with serving(LocalStore()) as served:

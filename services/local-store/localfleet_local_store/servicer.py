@@ -13,12 +13,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BadInput
+from localfleet.inputs import excerpt
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
@@ -42,6 +43,26 @@ class StoreSettings(BaseSettings):
 
     dir: str | None = Field(None, description="persist every store under DIR/<name>; memory only when unset")
     sync: Sync = Field("always", description="always: fsync before acknowledging; os: write to the OS only")
+    # The runtime's LOCALFLEET_PATH_ROOTS: the other folders a store_dir option may name.
+    path_roots: list[str] = Field(
+        default_factory=list, validation_alias=AliasChoices("LOCALFLEET_PATH_ROOTS", "path_roots")
+    )
+
+    def allowed(self, store_dir: str) -> Path:
+        """A LoadModel's store_dir, if it lies in a folder the operator allowed: a caller must not make
+        the backend create files wherever it names."""
+        folders = [Path(f).resolve() for f in ([self.dir] if self.dir else []) + self.path_roots]
+        if not folders:
+            raise BadInput(
+                "the store_dir option is off until this backend's operator allows a folder: set "
+                "LOCALFLEET_STORE_DIR (stores go under it) or LOCALFLEET_PATH_ROOTS on the backend"
+            )
+        wanted = Path(store_dir)
+        resolved = wanted.resolve()
+        if not wanted.is_absolute() or not any(resolved.is_relative_to(f) for f in folders):
+            shown = ", ".join(str(f) for f in folders)
+            raise BadInput(f"store_dir {excerpt(store_dir)} is not an absolute path inside {shown}")
+        return resolved
 
 
 class StoreOptions(BackendOptions):
@@ -80,7 +101,7 @@ class LocalStore(Backend):
         namespace = model.name[len(PREFIX) :]
         store = self._stores.get(namespace)
         if store is None:
-            root = options.store_dir or self.settings.dir
+            root = self.settings.allowed(options.store_dir) if options.store_dir else self.settings.dir
             directory = Path(root) / namespace if root else None
             store = VectorStore.open(directory, options.sync or self.settings.sync)
             self._persistent[namespace] = directory is not None
