@@ -58,6 +58,27 @@ class PathPolicy:
             )
         return resolved
 
+    def model_refusal(self, path: str, models_dir: str | None) -> str | None:
+        """Why LoadModel may not open `path` (a file or folder that exists), or None. With roots set, a
+        model lies in them or in the operator's models folder (LOCALFLEET_MODEL_PATH); names that are
+        not paths here (hub ids, bundled models) are the backend's to resolve."""
+        if not self.roots or not path or "\0" in path:
+            return None
+        try:
+            resolved = Path(os.path.abspath(path)).resolve()
+            if not resolved.exists():
+                return None
+        except (OSError, RuntimeError, ValueError):
+            return None  # not a usable path: the backend's own checks name the problem
+        folders = [*self.roots, *([Path(models_dir).resolve()] if models_dir else [])]
+        if any(resolved.is_relative_to(f) for f in folders):
+            return None
+        allowed = ", ".join(str(f) for f in folders)
+        return (
+            f"model path {_shown(path)} is outside the folders this backend may read ({allowed}); put "
+            "the model there, or add its folder to LOCALFLEET_PATH_ROOTS"
+        )
+
     def writable(self, path: str, field: str) -> Path:
         """A file to (over)write, inside the roots, whose folder exists."""
         resolved = self._inside(path, field)

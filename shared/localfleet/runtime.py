@@ -142,6 +142,9 @@ class Runtime:
         ref = ModelRef.from_request(request)
         if not ref.name and not ref.path:
             return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
+        if outside := self.paths.model_refusal(ref.path, self.settings.model_path or None):
+            log.info("refused model %s: %s", excerpt(ref.name), outside)
+            return pb.Result(success=False, message=f"{self.backend.name}: {outside}")
         try:
             options = parse_options(self.backend.Options, request.Options)
             limits = self.backend.group_limits(options)

@@ -147,6 +147,20 @@ async def test_calls_during_a_load_hear_the_model_is_loading(served: Served, wor
     assert (await loading).success
 
 
+async def test_with_path_roots_a_model_path_outside_them_is_refused(tmp_path: Path) -> None:
+    allowed, models, outside = tmp_path / "shared", tmp_path / "models", tmp_path / "private"
+    for folder in (allowed, models, outside):
+        folder.mkdir()
+        (folder / "m.bin").write_bytes(b"weights")
+    settings = {"path_roots": [str(allowed)], "model_path": str(models)}
+    async with serving(Workbench(), **settings) as served:
+        refused = await load(served, str(outside / "m.bin"))
+        assert not refused.success
+        assert "is outside the folders this backend may read" in refused.message
+        for ok in (str(allowed / "m.bin"), str(models / "m.bin"), "org/hub-model"):
+            assert (await load(served, ok)).success, ok
+
+
 async def test_status_reports_state_and_memory(served: Served) -> None:
     status = await served.client.backend.Status(pb.HealthMessage())
     assert status.state == pb.StatusResponse.UNINITIALIZED
