@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ from grpclib.exceptions import GRPCError
 
 from localfleet.client import Client, connect
 from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import Served, serving, spawn
+from localfleet.testing import Process, Served, serving, spawn
 from localfleet_llama_cpp.servicer import LlamaCpp
 from tests.llama_cpp.conftest import load_request
 
@@ -421,6 +425,15 @@ async def test_an_invalid_grammar_is_invalid_argument(llama: Served) -> None:
         ({"LogitBias": '{"abc": 1}'}, "LogitBias"),
         ({"LogitBias": '{"99999999": 1}'}, "outside the vocabulary"),
         ({"Images": ["aGVsbG8="]}, "without a multimodal projector"),
+        ({"Tools": "[" * 100_000 + "]" * 100_000}, "Tools '[[[["),
+        ({"ToolChoice": "{" * 1000}, "more than 64 levels"),
+        ({"LogitBias": '{"5": NaN}'}, "LogitBias[5] is nan"),
+        ({"LogitBias": json.dumps({str(i): -1 for i in range(5000)})}, "at most 4096"),
+        ({"StopPrompts": ["</s>"] * 300}, "StopPrompts has 300 strings; at most 256"),
+        ({"Temperature": float("nan")}, "Temperature is nan"),
+        ({"FrequencyPenalty": 3e38}, "FrequencyPenalty is 3e+38"),
+        ({"Penalty": 1e-30}, "Penalty is 1e-30"),
+        ({"Grammar": 'root ::= "' + "a" * 70_000 + '"'}, "at most 65536"),
     ],
 )
 async def test_malformed_requests_are_invalid_argument(
@@ -435,6 +448,33 @@ async def test_malformed_requests_are_invalid_argument(
     err = await error(llama.client.backend.Predict(request))
     assert err.status == Status.INVALID_ARGUMENT
     assert expected in (err.message or "")
+    assert len(err.message or "") < 400  # an excerpt of what the client sent, never all of it
+
+
+async def test_a_moderately_nested_grammar_still_constrains(llama: Served) -> None:
+    grammar = "root ::= " + "(" * 40 + '"yes" | ("n" "o")' + ")" * 40
+    reply = await llama.client.backend.Predict(greedy("Is Paris in France?", Grammar=grammar))
+    assert reply.message in (b"yes", b"no")
+
+
+async def test_a_prompt_far_longer_than_the_context_is_refused_before_tokenizing(llama: Served) -> None:
+    started = time.perf_counter()
+    err = await error(llama.client.backend.Predict(greedy(" " * 5_000_000)))  # minutes to tokenize
+    assert time.perf_counter() - started < 10
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "the prompt is 5000000 bytes" in (err.message or "")
+    assert "ContextSize" in (err.message or "")
+    embed = llama.client.backend.Embedding(pb.PredictOptions(Embeddings="word " * 100_000))
+    assert "the text to embed" in ((await error(embed)).message or "")
+    await still_serving(llama)
+
+
+async def test_embedding_tokens_outside_the_vocabulary_are_invalid_argument(llama: Served) -> None:
+    for tokens in ([99999999], [-5]):
+        err = await error(llama.client.backend.Embedding(pb.PredictOptions(EmbeddingTokens=tokens)))
+        assert err.status == Status.INVALID_ARGUMENT
+        assert "EmbeddingTokens" in (err.message or "")
+    await still_serving(llama)
 
 
 async def test_a_missing_model_file_fails_the_load_and_keeps_the_loaded_model(
@@ -445,6 +485,18 @@ async def test_a_missing_model_file_fails_the_load_and_keeps_the_loaded_model(
     assert not result.success
     assert str(missing) in result.message
     await still_serving(llama)
+
+
+async def test_a_file_that_is_not_a_gguf_is_named_but_its_bytes_are_not_echoed(
+    llama: Served, tmp_path: Path
+) -> None:
+    secret = tmp_path / "grammar.gguf"
+    secret.write_bytes(b"root ::= token-s3cr3t\n")
+    result = await llama.client.backend.LoadModel(load_request(secret))
+    assert not result.success
+    assert f"{secret} is not a GGUF file (no GGUF magic" in result.message
+    assert "root" not in result.message.replace(str(secret), "")
+    assert "s3cr3t" not in result.message
 
 
 async def test_a_file_that_is_not_a_gguf_is_refused_fast(llama: Served, tmp_path: Path) -> None:
@@ -505,7 +557,79 @@ async def test_model_options_are_honoured(gemma: Path) -> None:
         assert status.memory.breakdown["model_weights"] > 100_000_000
 
 
+def sizes(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_size for path in folder.iterdir()}
+
+
+async def test_the_bundled_model_loads_by_name_without_a_model_path(
+    gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    async with serving(LlamaCpp()) as served:
+        request = pb.ModelOptions(Model="gemma-3-270m-q4_k_m.gguf", ContextSize=512, Threads=2)
+        result = await served.client.backend.LoadModel(request)
+        assert result.success, result.message
+        reply = await served.client.backend.Predict(greedy(tokens=4))
+        assert reply.tokens == 4
+    # Assembled whole into the user's cache, no temporary file left beside it.
+    assert sizes(tmp_path / "localfleet" / "llama-cpp") == {gemma.name: sizes(gemma.parent)[gemma.name]}
+
+
 # -- a real process ------------------------------------------------------------------------------------
+@asynccontextmanager
+async def ready_client(process: Process) -> AsyncIterator[Client]:
+    async with connect(process.addr) as client:
+        deadline = time.monotonic() + 30
+        while not await client.ready() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await client.ready(), "".join(process.log)
+        yield client
+
+
+async def test_requests_that_ended_the_process_are_refused_and_it_keeps_serving(gemma: Path) -> None:
+    """Each of these ended llama-cpp before it was bounded: SIGSEGV in the grammar parser, or an abort
+    when llama.cpp's grammar accepted the token sampled where it allows none (valid GBNF that no token
+    satisfies, at once or after a few tokens; NaN probabilities). A real process shows it outlives them."""
+    deep = "root ::= " + "(" * 20000 + '"a"' + ")" * 20000
+    requests = {
+        "20000-deep grammar": (greedy(Grammar=deep), "at most 256 levels"),
+        "empty range": (greedy(Grammar="root ::= [z-a]"), "Grammar allows no token"),
+        "empty range later": (greedy(Grammar='root ::= "Paris" [z-a]'), "Grammar allows no token"),
+        "token outside the vocabulary": (greedy(Grammar="root ::= <[999999999]>"), "Grammar allows no token"),
+        "NaN temperature": (
+            pb.PredictOptions(Prompt=PROMPT, Tokens=4, Temperature=float("nan"), Grammar='root ::= "no"'),
+            "Temperature is nan",
+        ),
+    }
+    args = ("--model", gemma.name, "--model-path", str(gemma.parent))
+    with spawn("llama-cpp", *args, env={"LOCALAI_BACKEND_PARENT_WATCH": "false"}) as process:
+        async with ready_client(process) as client:
+            for name, (request, expected) in requests.items():
+                for send in (client.backend.Predict, functools.partial(stream, client)):
+                    err = await error(send(request))
+                    assert err.status == Status.INVALID_ARGUMENT, name
+                    assert expected in (err.message or ""), name
+                    assert len(err.message or "") < 400, name  # an excerpt of the request at most
+                    reply = await client.backend.Predict(greedy(tokens=4))
+                    assert reply.tokens == 4, name
+        assert process.popen.poll() is None
+
+
+async def test_serve_loads_the_bundled_model_by_name(gemma: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "localfleet" / "llama-cpp"
+    cache.mkdir(parents=True)
+    os.link(gemma, cache / gemma.name)  # as a first load leaves it: this load reuses it
+    env = {
+        "LOCALAI_BACKEND_PARENT_WATCH": "false",
+        "XDG_CACHE_HOME": str(tmp_path),
+        "LOCALFLEET_MODEL_PATH": "",
+    }
+    with spawn("llama-cpp", "--model", "gemma-3-270m-q4_k_m.gguf", env=env) as process:
+        async with ready_client(process) as client:
+            reply = await client.backend.Predict(greedy(tokens=3))
+            assert reply.tokens == 3
+
+
 async def test_serve_loads_a_startup_model_then_turns_ready(gemma: Path) -> None:
     args = ("--model", gemma.name, "--model-path", str(gemma.parent), "--option", "max_tokens:3")
     with spawn("llama-cpp", *args, env={"LOCALAI_BACKEND_PARENT_WATCH": "false"}) as process:
@@ -520,8 +644,6 @@ async def test_serve_loads_a_startup_model_then_turns_ready(gemma: Path) -> None
 
 
 async def test_the_nice_option_lowers_only_the_compute_threads(gemma: Path) -> None:
-    import os
-
     def niceness() -> set[int]:
         return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")}
 

@@ -28,6 +28,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure
+from localfleet.inputs import excerpt
 from localfleet_llama_cpp.chat_output import family_of, opens_reasoning, partial_suffix
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class Engine:
         self.n_vocab = self.llm.n_vocab()
         self.n_embd = self.llm.n_embd()
         self._pieces: dict[int, bytes] = {}
+        self._longest_piece = 0  # bytes of the vocabulary's longest token text, counted when first needed
         self._piece_buf = ctypes.create_string_buffer(256)
         self._eog: list[int] | None = None
         self._loras: list[Any] = []
@@ -278,10 +280,14 @@ class Engine:
         add_bos = add_special and self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
+    def _check_tokens(self, field: str, tokens: Sequence[int]) -> None:
+        """Token ids from a client must lie in the vocabulary: llama.cpp reads its tables at them."""
         for token in tokens:
             if not 0 <= token < self.n_vocab:
-                raise BadInput(f"token {token} is outside the vocabulary (0..{self.n_vocab - 1})")
+                raise BadInput(f"{field}: token {token} is outside the vocabulary (0..{self.n_vocab - 1})")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        self._check_tokens("tokens", tokens)
         # llama.cpp's own detokenizer: special tokens rendered, an SPM dummy-prefix space dropped.
         ids = (llama_cpp.llama_token * len(tokens))(*tokens)
         size = max(64, 8 * len(tokens))
@@ -305,7 +311,7 @@ class Engine:
         for index, message in enumerate(messages):
             if message["role"] not in ROLES:
                 raise BadInput(
-                    f"Messages[{index}].role {message['role']!r} is not a chat role; use one of "
+                    f"Messages[{index}].role {excerpt(message['role'])} is not a chat role; use one of "
                     f"{', '.join(ROLES)}"
                 )
         extra = {k: v for k, v in (variables or {}).items() if k not in _RESERVED}
@@ -326,6 +332,7 @@ class Engine:
                 f"the request has {len(decoded)} image(s) but this model was loaded without a multimodal "
                 "projector; set MMProj (mmproj: in the model config)"
             )
+        self._check_size("the prompt", text, self.n_ctx)
         tokens = self.tokenize(text)
         if not tokens:
             raise BadInput("the prompt is empty: send Prompt, or Messages with UseTokenizerTemplate")
@@ -335,6 +342,29 @@ class Engine:
                 "shorten the prompt or load the model with a larger ContextSize"
             )
         return Prompt(tokens, text, decoded, reasoning_open=chat and opens_reasoning(text), stop=stop)
+
+    def _check_size(self, what: str, text: str, room: int) -> None:
+        """Refuse text too long for `room` tokens before tokenizing it: llama.cpp's tokenizer takes
+        minutes over megabytes (20 MB of spaces: over 5 minutes), holding the model all along."""
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size <= room:  # no token stands for less than one byte: nothing to count
+            return
+        most = room * self._longest()
+        if size > most:
+            raise BadInput(
+                f"{what} is {size} bytes, more than {room} tokens can hold ({most} bytes: at most "
+                f"{self._longest()} a token for this model): shorten it or load the model with a larger "
+                "ContextSize"
+            )
+
+    def _longest(self) -> int:
+        """The most bytes one token stands for, special tokens' text included (counted once: ~0.7 s)."""
+        if not self._longest_piece:
+            buf = ctypes.create_string_buffer(1024)
+            to_piece = llama_cpp.llama_token_to_piece
+            pieces = (to_piece(self.vocab, t, buf, len(buf), 0, True) for t in range(self.n_vocab))
+            self._longest_piece = max(pieces, default=1)
+        return self._longest_piece
 
     # -- generation --------------------------------------------------------------------------------
     def check_grammar(self, grammar: str) -> None:
@@ -350,9 +380,11 @@ class Engine:
             )
         return sampler
 
-    def _sampler(self, s: Sampling) -> internals.LlamaSampler:
-        """The same chain as llama-cpp-python's `Llama._init_sampler`, plus logit bias and ignore_eos."""
+    def _sampler(self, s: Sampling) -> tuple[internals.LlamaSampler, Any]:
+        """The same chain as llama-cpp-python's `Llama._init_sampler`, plus logit bias and ignore_eos;
+        and the grammar sampler in it (None without a grammar)."""
         chain = internals.LlamaSampler()  # type: ignore[no-untyped-call]
+        grammar = None
         bias = dict(s.logit_bias)
         if s.ignore_eos and not s.grammar:  # with a grammar, end of text is how the grammar finishes
             bias.update(dict.fromkeys(self.eog_tokens(), -math.inf))
@@ -366,7 +398,8 @@ class Engine:
             penalty_present=s.presence_penalty,
         )
         if s.grammar:
-            llama_cpp.llama_sampler_chain_add(chain.sampler, self._grammar_sampler(s.grammar))
+            grammar = self._grammar_sampler(s.grammar)
+            llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)  # the chain frees it
         seed = _RANDOM_SEED if s.seed < 0 else s.seed & 0xFFFFFFFF
         if s.temperature <= 0.0:
             chain.add_greedy()  # type: ignore[no-untyped-call]
@@ -381,7 +414,31 @@ class Engine:
             chain.add_min_p(s.min_p, 1)
             chain.add_temp(s.temperature)
             chain.add_dist(seed)
-        return chain
+        return chain, grammar
+
+    def _sample(self, chain: internals.LlamaSampler, grammar: Any, candidates: Any) -> int:
+        """The next token. With a grammar, the chain's apply and accept are split, with a check between:
+        when a grammar allows no token at all (an empty range such as [z-a], a code point past U+10FFFF,
+        a token id outside the vocabulary), llama.cpp still samples one, and its grammar aborts the
+        process on accepting it."""
+        if grammar is None:
+            return int(chain.sample(self._ctx, -1))
+        logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+        candidates.copy_logits(logits)
+        array = candidates.candidates
+        array.selected = -1
+        llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise EngineFailure("llama.cpp's samplers selected no token")
+        token = int(array.data[array.selected].id)
+        if not _allows(grammar, token):
+            raise BadInput(
+                "the Grammar allows no token at this point of the output (an empty character range such "
+                "as [z-a], a code point past U+10FFFF, or a token id outside the vocabulary?): fix the "
+                "grammar"
+            )
+        chain.accept(token)
+        return token
 
     def eog_tokens(self) -> list[int]:
         if self._eog is None:
@@ -393,7 +450,8 @@ class Engine:
         """Token by token; the last Step has `finish` set. Stops early (no last Step) once `stop` is set."""
         llm = self.llm
         self._lower_priority()
-        sampler = self._sampler(sampling)
+        sampler, grammar = self._sampler(sampling)
+        candidates = internals.LlamaTokenDataArray(n_vocab=self.n_vocab) if grammar else None
         stops = [s.encode() for s in (*sampling.stop, *prompt.stop) if s]
         held = b""
         produced = 0
@@ -415,7 +473,7 @@ class Engine:
                 budget = min(budget, sampling.max_tokens)
             is_eog = llama_cpp.llama_vocab_is_eog
             while not stop.is_set():
-                token = sampler.sample(self._ctx, -1)
+                token = self._sample(sampler, grammar, candidates)
                 # A grammar finishes with end of text: that ends the reply even with IgnoreEOS.
                 if is_eog(self.vocab, token) and (not sampling.ignore_eos or sampling.grammar):
                     yield step(held, [], "stop")
@@ -581,10 +639,13 @@ class Engine:
     # -- embeddings --------------------------------------------------------------------------------
     def embed(self, text: str, tokens: Sequence[int] = ()) -> tuple[list[float], int]:
         """One L2-normalised vector (the model's pooling, else the mean over tokens) and its token count."""
+        limit = min(self.n_ctx, self.llm.n_batch)
+        if not tokens:
+            self._check_size("the text to embed", text, limit)
         ids = list(tokens) if tokens else self.tokenize(text)
         if not ids:
             raise BadInput("Embeddings is empty: send the text to embed")
-        limit = min(self.n_ctx, self.llm.n_batch)
+        self._check_tokens("EmbeddingTokens", ids)
         if len(ids) > limit:
             raise BadInput(
                 f"the text is {len(ids)} tokens but one embedding batch holds {limit} (the smaller of "
@@ -628,6 +689,14 @@ def _release(held: bytes, stops: list[bytes]) -> tuple[int, str | None]:
     return len(held) - max((partial_suffix(held, s) for s in stops), default=0), None
 
 
+def _allows(grammar: Any, token: int) -> bool:
+    """Whether `grammar` (a llama.cpp grammar sampler, in its current state) accepts `token` next."""
+    one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+    array = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    return math.isfinite(one[0].logit)
+
+
 def _threads(requested: int) -> int:
     """Requested threads, at most the CPUs this process may use (more only makes llama.cpp spin);
     0: all of them."""
@@ -646,7 +715,7 @@ def _cache_type(field_name: str, name: str) -> int | None:
                 if k in {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}
             )
         )
-        raise BadInput(f"{field_name} {name!r} is not a llama.cpp cache type; use one of {known}")
+        raise BadInput(f"{field_name} {excerpt(name)} is not a llama.cpp cache type; use one of {known}")
     return value
 
 

@@ -20,9 +20,12 @@ from pydantic import BaseModel, Field
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BadInput
+from localfleet.inputs import excerpt, parse_json
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
+from localfleet_llama_cpp import bundled, limits
 from localfleet_llama_cpp.chat_output import ChatOutputParser, Delta, Family, parse
+from localfleet_llama_cpp.limits import bounded
 
 if TYPE_CHECKING:
     from localfleet_llama_cpp.engine import Engine, Prompt, Sampling, Step
@@ -72,7 +75,9 @@ class LlamaCpp(Backend):
         """Cheap checks before the runtime unloads the current model: a bad file never drops it."""
         path = model_path(model)
         if not os.path.exists(path):
-            return f"model file not found: {path}"
+            if bundled.installed(model.path):
+                return None  # load() assembles it
+            return f"model file not found: {path}{_extra_hint(model.path)}"
         if os.path.isdir(path):
             return f"{path} is a directory; llama-cpp loads one GGUF file"
         try:
@@ -80,16 +85,19 @@ class LlamaCpp(Backend):
                 head = f.read(4)
         except OSError as exc:
             return f"cannot read {path}: {exc.strerror}"
-        if head != GGUF_MAGIC:
-            return f"{path} is not a GGUF file (it starts with {head!r}; a GGUF starts with b'GGUF')"
+        if head != GGUF_MAGIC:  # its bytes are never quoted: the file may be anything, a secret too
+            return f"{path} is not a GGUF file (no GGUF magic at its start): point Model at a .gguf file"
         return None
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         from localfleet_llama_cpp.engine import Engine, LoadSpec
 
         assert isinstance(options, LlamaOptions)
+        path = model_path(model)
+        if not os.path.exists(path) and bundled.installed(model.path):
+            path = bundled.locate(model.path, model.model_dir)
         spec = LoadSpec(
-            path=model_path(model),
+            path=path,
             context_size=request.ContextSize if request.ContextSize > 0 else 4096,
             batch=request.NBatch if request.NBatch > 0 else 512,
             threads=request.Threads,
@@ -185,23 +193,26 @@ class LlamaCpp(Backend):
         else:
             text = request.Prompt
         if request.Grammar:
+            limits.check_grammar(request.Grammar)  # before llama.cpp's parser, which crashes on some
             engine.check_grammar(request.Grammar)
         if request.TopLogprobs < 0 or request.Logprobs < 0:
             raise BadInput("Logprobs and TopLogprobs must not be negative")
+        limits.check_stop_prompts(list(request.StopPrompts))
         prompt = engine.prompt(text, images=list(request.Images), chat=chat)
         sampling = Sampling(
-            temperature=request.Temperature,  # 0 means greedy
+            temperature=limits.temperature(request.Temperature),  # 0 means greedy
             top_k=request.TopK,  # 0 turns top-k off
             top_p=request.TopP if 0 < request.TopP <= 1 else 1.0,
-            min_p=request.MinP,
+            min_p=bounded("MinP", request.MinP),
             typical_p=request.TypicalP if 0 < request.TypicalP <= 1 else 1.0,
-            repeat_penalty=request.Penalty if request.Penalty > 0 else 1.0,
-            repeat_last_n=engine.n_ctx if request.Repeat < 0 else (request.Repeat or 64),
-            frequency_penalty=request.FrequencyPenalty,
-            presence_penalty=request.PresencePenalty,
+            repeat_penalty=limits.penalty(request.Penalty),  # 0 turns it off
+            # The penalty's window is allocated at this size: more than the context only wastes memory.
+            repeat_last_n=engine.n_ctx if request.Repeat < 0 else min(request.Repeat or 64, engine.n_ctx),
+            frequency_penalty=bounded("FrequencyPenalty", request.FrequencyPenalty),
+            presence_penalty=bounded("PresencePenalty", request.PresencePenalty),
             mirostat=request.Mirostat,
-            mirostat_tau=request.MirostatTAU or 5.0,
-            mirostat_eta=request.MirostatETA or 0.1,
+            mirostat_tau=bounded("MirostatTAU", request.MirostatTAU) or 5.0,
+            mirostat_eta=bounded("MirostatETA", request.MirostatETA) or 0.1,
             seed=request.Seed,
             max_tokens=request.Tokens if request.Tokens > 0 else self._options.max_tokens,
             stop=tuple(s for s in request.StopPrompts if s),
@@ -265,18 +276,22 @@ def _loras(request: pb.ModelOptions, model_dir: str) -> tuple[tuple[str, float],
     return tuple(pairs)
 
 
+def _extra_hint(path: str) -> str:
+    if path in bundled.BUNDLED:
+        return f" (the bundled {path} comes with the models extra: {bundled.EXTRA})"
+    return ""
+
+
 def _flash_attention(value: str) -> bool:
     key = value.strip().lower()
     if key not in _FLASH:
-        raise BadInput(f"FlashAttention {value!r}: use on, off or auto")
+        raise BadInput(f"FlashAttention {excerpt(value)}: use on, off or auto")
     return _FLASH[key]
 
 
 def _json(field: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{field} is not valid JSON: {exc}") from None
+    limits.check_json(field, text)  # json.loads and the template's tojson recurse per level: bound it first
+    return parse_json(text, field)
 
 
 def _tools(text: str) -> list[Any] | None:
@@ -291,9 +306,10 @@ def _tools(text: str) -> list[Any] | None:
 def _tool_choice(text: str) -> Any:
     if not text.strip():
         return None
+    limits.check_json("ToolChoice", text)
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON (or a number past Python's 4300 digits)
         return text.strip()  # a bare auto / none / required
 
 
@@ -327,15 +343,19 @@ def _logit_bias(text: str, n_vocab: int) -> dict[int, float]:
     raw = _json("LogitBias", text)
     if not isinstance(raw, dict):
         raise BadInput('LogitBias must be a JSON object of token id to bias, e.g. {"15043": -100}')
+    if len(raw) > limits.MAX_LOGIT_BIAS:
+        raise BadInput(f"LogitBias has {len(raw)} entries; at most {limits.MAX_LOGIT_BIAS} are accepted")
     bias: dict[int, float] = {}
     for key, value in raw.items():
         try:
             token, amount = int(key), float(value)
         except (TypeError, ValueError):
-            raise BadInput(f"LogitBias {key!r}: {value!r} is not a token id and a number") from None
+            raise BadInput(
+                f"LogitBias {excerpt(key)}: {excerpt(json.dumps(value))} is not a token id and a number"
+            ) from None
         if not 0 <= token < n_vocab:
             raise BadInput(f"LogitBias token {token} is outside the vocabulary (0..{n_vocab - 1})")
-        bias[token] = amount
+        bias[token] = bounded(f"LogitBias[{token}]", amount)  # -100 bans a token
     return bias
 
 

@@ -1,0 +1,132 @@
+"""Bounds on what a request may hand llama.cpp's native code, checked in Python before it gets there.
+
+llama.cpp's GBNF parser recurses once per nested group, and its left-recursion check once per rule in a
+chain: on a worker thread's 8 MiB stack, 20,000 nested groups or a 100,000-rule chain end the process
+with SIGSEGV (10,000 and 30,000 pass). Python's json and the chat template's `tojson` recurse per level
+too, and raise RecursionError near 1,000. The limits below sit far under all of these and far above
+what real requests use, so a hostile request gets INVALID_ARGUMENT and the model keeps serving.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from localfleet.errors import BadInput
+from localfleet.inputs import excerpt
+
+#: Grammar size: a chain of rules, which is what crashes the left-recursion check, needs at least ~10
+#: bytes a rule, so 64 KiB bounds a chain at ~6,500 rules, a fifth of a chain that passed. Grammars core
+#: writes from JSON schemas, even for many tools, are a few KiB.
+MAX_GRAMMAR_BYTES = 64 * 1024
+#: Nested groups `( ... )`: 20,000 crash the parser; schema-made grammars nest a few dozen at most.
+MAX_GRAMMAR_DEPTH = 256
+#: Nesting of [ and { in Tools, tool calls and LogitBias: tool schemas nest two levels an object
+#: property, so 64 holds 30 nested objects, while json and tojson fail near 1,000.
+MAX_JSON_DEPTH = 64
+#: LogitBias entries: each is applied to every token; thousands cover banning whole classes of tokens.
+MAX_LOGIT_BIAS = 4096
+#: StopPrompts are matched in Python at every token: their number and size bound that work. Stop strings
+#: are markers, a few bytes to a few dozen in practice.
+MAX_STOP_PROMPTS = 256
+MAX_STOP_BYTES = 1024
+#: Sampler numbers (temperature, penalties, logit biases) stay within this size, and a temperature or a
+#: repeat penalty at least MIN_DIVISOR: logits (tens) scaled by them then stay far below float32's
+#: 3.4e38. Past it a logit turns infinite, every probability NaN, and llama.cpp picks an arbitrary token
+#: (one that a grammar forbids, too).
+MAX_SAMPLER_VALUE = 1e6
+MIN_DIVISOR = 1e-6
+
+# What the GBNF parser reads as one unit, in which parentheses do not nest: a comment, a string literal,
+# a character class, a token (`<...>`, `!<...>`); each may run to the end when unclosed, as the parser
+# then fails anyway. Escapes are skipped as pairs, so `"\""` and `[\]]` stay one unit.
+_GBNF_UNITS = re.compile(
+    r"""\#[^\r\n]*
+      | "(?:\\.|[^"\\])*"?
+      | \[(?:\\.|[^\]\\])*\]?
+      | !?<[^>]*>?
+      | [()]""",
+    re.VERBOSE | re.DOTALL,
+)
+# JSON strings, in which brackets do not nest, and the brackets that do.
+_JSON_UNITS = re.compile(r'"(?:\\.|[^"\\])*"?|[\[\]{}]', re.DOTALL)
+
+
+def check_grammar(grammar: str) -> None:
+    """Raise BadInput when `grammar` is larger or nests deeper than llama.cpp's parser safely takes."""
+    size = len(grammar.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_GRAMMAR_BYTES:
+        raise BadInput(
+            f"Grammar {excerpt(grammar)} is {size} bytes; at most {MAX_GRAMMAR_BYTES} are accepted: "
+            "send a smaller grammar"
+        )
+    depth = _grammar_depth(grammar)
+    if depth > MAX_GRAMMAR_DEPTH:
+        raise BadInput(
+            f"Grammar {excerpt(grammar)} nests groups {depth} deep; at most {MAX_GRAMMAR_DEPTH} levels of "
+            "( ) are accepted: flatten it with named rules"
+        )
+
+
+def _grammar_depth(grammar: str) -> int:
+    depth = deepest = 0
+    for unit in _GBNF_UNITS.finditer(grammar):
+        if unit[0] == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif unit[0] == ")":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def check_json(field: str, text: str) -> None:
+    """Raise BadInput when the JSON in `field` nests deeper than MAX_JSON_DEPTH (before parsing it)."""
+    depth = deepest = 0
+    for unit in _JSON_UNITS.finditer(text):
+        mark = unit[0]
+        if mark in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:  # enough to refuse: the rest may be megabytes
+                break
+        elif mark in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > MAX_JSON_DEPTH:
+        raise BadInput(
+            f"{field} {excerpt(text)} nests [ and {{ more than {MAX_JSON_DEPTH} levels deep; at most "
+            f"{MAX_JSON_DEPTH} are accepted"
+        )
+
+
+def check_stop_prompts(stops: list[str]) -> None:
+    if len(stops) > MAX_STOP_PROMPTS:
+        raise BadInput(f"StopPrompts has {len(stops)} strings; at most {MAX_STOP_PROMPTS} are accepted")
+    for index, stop in enumerate(stops):
+        size = len(stop.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_STOP_BYTES:
+            raise BadInput(
+                f"StopPrompts[{index}] {excerpt(stop)} is {size} bytes; at most {MAX_STOP_BYTES} are accepted"
+            )
+
+
+def bounded(field: str, value: float, *, least: float = 0.0) -> float:
+    """`value` when finite and at most MAX_SAMPLER_VALUE in size (and, when not 0, at least `least`)."""
+    if not math.isfinite(value) or abs(value) > MAX_SAMPLER_VALUE:
+        most = int(MAX_SAMPLER_VALUE)
+        raise BadInput(f"{field} is {value:g}; send a number between -{most} and {most}")
+    if value and abs(value) < least:
+        raise BadInput(f"{field} is {value:g}; send 0 (off) or at least {least:g}")
+    return value
+
+
+def temperature(value: float) -> float:
+    """Temperature, with 0 for greedy; a tiny one is greedy too (the same choice, without the division
+    that would push the logits to infinity)."""
+    value = bounded("Temperature", value)
+    return value if value >= MIN_DIVISOR else 0.0
+
+
+def penalty(value: float) -> float:
+    """The repeat penalty, a divisor of logits: 0 (or less) turns it off, which is 1.0 for llama.cpp."""
+    value = bounded("Penalty", value, least=MIN_DIVISOR)
+    return value if value > 0 else 1.0
