@@ -18,6 +18,12 @@ time, in the batcher's own worker thread: `fn(items, stop)` gets the items in ar
 one result per item, in the same order; a result that is an exception is raised to that caller alone.
 An exception raised by `fn` is raised to every caller of that batch.
 
+Cost: given `cost` (what one item costs the engine: its characters, say) and `max_cost`, a batch holds
+items up to that much in all. It begins with the call that has waited longest, whatever its cost (so
+nothing waits forever), and takes the others in arrival order where they fit; those that do not fit go
+first into the next batch. So one caller's large item runs in a batch of its own, or with what fits
+beside it, instead of holding up a full batch of small ones.
+
 Cancellation: a caller that goes away before its batch starts leaves it; one whose `stop` flag (the
 call's) is set by then gets `Cancelled`. A caller cancelled while its batch runs waits for the batch to
 end before it leaves (as `Call.run` does: the slot is handed on only once the work stopped), and when
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -110,6 +117,7 @@ class _Entry(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     stop: threading.Event | None
+    cost: float = 0.0
     arrived: float = field(default_factory=time.monotonic)
     running: _Running | None = None
 
@@ -117,10 +125,22 @@ class _Entry(Generic[T, R]):
 class Batcher(Generic[T, R]):
     """Gathers concurrent `submit` calls into batches for `fn`; see the module docstring."""
 
-    def __init__(self, fn: BatchFn[T, R], limits: BatchLimits | None = None, *, name: str = "batch") -> None:
+    def __init__(
+        self,
+        fn: BatchFn[T, R],
+        limits: BatchLimits | None = None,
+        *,
+        name: str = "batch",
+        cost: Callable[[T], float] | None = None,
+        max_cost: float = math.inf,
+    ) -> None:
+        if max_cost <= 0:
+            raise ValueError(f"a batch's max_cost must be > 0, got {max_cost}")
         self.fn = fn
         self.limits = limits or BatchLimits()
         self.name = name
+        self.cost = cost
+        self.max_cost = max_cost
         self._pending: deque[_Entry[T, R]] = deque()
         # Created on the event loop at the first submit: a batcher may be built in a worker thread (load).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,7 +161,8 @@ class Batcher(Generic[T, R]):
         if self._arrived is None:
             self._loop = loop
             self._arrived = asyncio.Event()
-        entry: _Entry[T, R] = _Entry(item, loop.create_future(), stop)
+        cost = self.cost(item) if self.cost is not None else 0.0
+        entry: _Entry[T, R] = _Entry(item, loop.create_future(), stop, cost)
         self._pending.append(entry)
         self._arrived.set()
         if self._driver is None or self._driver.done():
@@ -205,15 +226,16 @@ class Batcher(Generic[T, R]):
         """Hold the batch open while calls keep coming.
 
         It closes when `window` passes with no new call (counting from when the engine became free, so
-        callers just answered have time to send their next call), when it is full, or at the latest
-        MAX_WINDOWS windows after the engine became free; at once for a lone call with no recent company.
+        callers just answered have time to send their next call), when it is full (in size or cost), or
+        at the latest MAX_WINDOWS windows after the engine became free; at once for a lone call with no
+        recent company.
         """
         window = self.limits.window
         opened = time.monotonic()
         if len(self._pending) == 1 and opened >= self._company_until:
             return  # no sign of concurrent callers: waiting would only delay this one
         latest = opened + window * MAX_WINDOWS
-        while self._pending and len(self._pending) < self.limits.max_size:
+        while self._pending and not self._full():
             quiet_until = max(opened, self._pending[-1].arrived) + window
             left = min(quiet_until, latest) - time.monotonic()
             if left <= 0:
@@ -222,8 +244,15 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), left)
 
+    def _full(self) -> bool:
+        pending = self._pending
+        return len(pending) >= self.limits.max_size or sum(e.cost for e in pending) >= self.max_cost
+
     def _take(self) -> list[_Entry[T, R]]:
+        """The next batch: the longest waiting call first, then those that fit, in arrival order."""
         batch: list[_Entry[T, R]] = []
+        later: list[_Entry[T, R]] = []  # did not fit: first in line for the next batch
+        spent = 0.0
         while self._pending and len(batch) < self.limits.max_size:
             entry = self._pending.popleft()
             if entry.future.done():
@@ -233,7 +262,12 @@ class Batcher(Generic[T, R]):
                     Cancelled(f"{self.name}: stopped before its batch ran (the caller went away)")
                 )
                 continue
+            if batch and spent + entry.cost > self.max_cost:
+                later.append(entry)
+                continue
             batch.append(entry)
+            spent += entry.cost
+        self._pending.extendleft(reversed(later))
         return batch
 
     def _run(self, items: list[T], stop: threading.Event) -> Sequence[R | BaseException]:

@@ -19,6 +19,8 @@ from grpclib.server import Server
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from localfleet.codec import CappedProtoCodec, cap_announced
+
 #: the highest stream id: "every stream you opened may still finish" (RFC 9113, 6.8)
 LAST_STREAM_ID = 2**31 - 1
 
@@ -30,6 +32,9 @@ class DrainingServer(Server):
         super().__init__(*args, **kwargs)
         self.connections: set[ServerConnection] = set()
         self.draining = False
+        codec = kwargs.get("codec")
+        #: requests announcing more are refused on their prefix, before they are read
+        self.max_request_bytes = codec.max_bytes if isinstance(codec, CappedProtoCodec) else None
 
     def _protocol_factory(self) -> H2Protocol:
         # The one place grpclib makes a connection's protocol. Private, but grpclib has no public hook,
@@ -116,7 +121,8 @@ class ServerConnection(H2Protocol):
 
 
 class _Requests(AbstractHandler):
-    """grpclib's request handler for one connection, noting which client library the requests come from."""
+    """grpclib's request handler for one connection, noting which client library the requests come from
+    and capping each request's size on the length it announces."""
 
     def __init__(self, handler: AbstractHandler, connection: ServerConnection) -> None:
         self.handler = handler
@@ -127,6 +133,8 @@ class _Requests(AbstractHandler):
     ) -> None:
         if self.connection.user_agent is None:
             self.connection.user_agent = dict(headers).get("user-agent", "")
+        if (cap := self.connection.server.max_request_bytes) is not None:
+            cap_announced(stream, cap)
         self.handler.accept(stream, headers, release_stream)
 
     def cancel(self, stream: Stream) -> None:

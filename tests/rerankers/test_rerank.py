@@ -56,9 +56,11 @@ def bare(cross_encoder: Path) -> Any:
     return CrossEncoder(str(cross_encoder), device="cpu", local_files_only=True)
 
 
-async def rerank(served: Served, query: str, documents: list[str], top_n: int = 0) -> pb.RerankResult:
+async def rerank(
+    served: Served, query: str, documents: list[str], top_n: int = 0, timeout: float | None = None
+) -> pb.RerankResult:
     result: pb.RerankResult = await served.client.backend.Rerank(
-        pb.RerankRequest(query=query, documents=documents, top_n=top_n)
+        pb.RerankRequest(query=query, documents=documents, top_n=top_n), timeout=timeout
     )
     return result
 
@@ -91,6 +93,25 @@ async def test_usage_counts_the_tokens_the_model_read(reranker: Served, bare: An
     expected = sum(len(bare.tokenizer(QUERY, d)["input_ids"]) for d in DOCUMENTS)
     assert result.usage.total_tokens == expected
     assert result.usage.prompt_tokens == expected
+
+
+async def test_text_past_the_window_scores_as_if_it_were_not_there(reranker: Served) -> None:
+    query = " ".join(DOCUMENTS * 30)  # about 600 tokens: more than the model's 512
+    documents = [" ".join(DOCUMENTS * 40), *DOCUMENTS[:2]]
+    alone = await rerank(reranker, query, documents)
+    # 40 MB after the query (paired with every document) and 2 MB after a document: the model reads
+    # the same tokens; tokenizing all of it took minutes.
+    tail = " Two men pushed carts through the woods."
+    followed = await rerank(
+        reranker,
+        query + tail * (40 * 2**20 // len(tail)),
+        [documents[0] + tail * 50_000, *documents[1:]],
+        timeout=60,
+    )
+    assert [r.index for r in followed.results] == [r.index for r in alone.results]
+    assert [r.relevance_score for r in followed.results] == [r.relevance_score for r in alone.results]
+    assert followed.usage.total_tokens == alone.usage.total_tokens
+    assert len(next(r.text for r in followed.results if r.index == 0)) > 2_000_000  # echoed whole
 
 
 async def test_one_document_comes_back_alone(reranker: Served, bare: Any) -> None:

@@ -157,6 +157,46 @@ async def test_calls_arriving_while_a_batch_runs_go_in_the_next_one() -> None:
     assert engine.batches == [[1], [2, 3, 4]]
 
 
+async def _queued_behind_a_running_batch(
+    batcher: Batcher[int, int], engine: Engine, items: list[int]
+) -> list[int]:
+    """Results for `items`, submitted in order while a batch of [0] holds the engine."""
+    assert engine.hold is not None
+    first = asyncio.ensure_future(batcher.submit(0))
+    assert await asyncio.to_thread(engine.started.wait, 5)
+    queued = []
+    for item in items:
+        queued.append(asyncio.ensure_future(batcher.submit(item)))
+        await asyncio.sleep(0)  # in arrival order
+    await asyncio.sleep(0.05)  # all queue behind the running batch
+    engine.hold.set()
+    assert await first == 0
+    return list(await asyncio.gather(*queued))
+
+
+async def test_a_costly_item_runs_in_a_batch_of_its_own_and_small_ones_go_first() -> None:
+    engine = Engine(threading.Event())
+    batcher = Batcher(engine, BatchLimits(window=0.0, max_size=32), cost=float, max_cost=10)
+    results = await _queued_behind_a_running_batch(batcher, engine, [1, 100, 2, 3])
+    assert results == [2, 200, 4, 6]
+    # The small calls that came with it did not wait in its batch: they ran before it, together.
+    assert engine.batches == [[0], [1, 2, 3], [100]]
+
+
+async def test_the_longest_waiting_call_starts_the_next_batch_whatever_its_cost() -> None:
+    engine = Engine(threading.Event())
+    batcher = Batcher(engine, BatchLimits(window=0.0, max_size=32), cost=float, max_cost=10)
+    results = await _queued_behind_a_running_batch(batcher, engine, [100, 4, 5, 6])
+    assert results == [200, 8, 10, 12]
+    # Nothing waits forever behind later arrivals; what fits beside it (nothing here) joins it.
+    assert engine.batches == [[0], [100], [4, 5], [6]]
+
+
+def test_a_batch_cost_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_cost must be > 0"):
+        Batcher(Engine(), max_cost=0)
+
+
 async def test_batches_run_one_at_a_time_off_the_event_loop() -> None:
     engine = Engine()
     batcher = Batcher(engine, BatchLimits(window=0.0, max_size=2), name="probe")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 FOOD = "A man is eating food."
 BREAD = "A man is eating a piece of bread."
 BABY = "The girl is carrying a baby."
+#: far past the window (256 tokens) and under the 50 MiB request cap
+HUGE = 40 * 2**20
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -32,9 +35,15 @@ async def embedder(minilm: str) -> AsyncIterator[Served]:
         yield served
 
 
-async def embed(served: Served, text: str) -> pb.EmbeddingResult:
-    result: pb.EmbeddingResult = await served.client.backend.Embedding(pb.PredictOptions(Embeddings=text))
+async def embed(served: Served, text: str, timeout: float | None = None) -> pb.EmbeddingResult:
+    result: pb.EmbeddingResult = await served.client.backend.Embedding(
+        pb.PredictOptions(Embeddings=text), timeout=timeout
+    )
     return result
+
+
+def filler(size: int) -> str:
+    return " The weather is fine today." * (size // 27)
 
 
 def vector(result: pb.EmbeddingResult) -> np.ndarray:
@@ -77,6 +86,32 @@ async def test_concurrent_calls_are_batched_and_each_gets_its_own_vector(embedde
     assert batches(embedder) - before < len(texts) // 2  # gathered, not one pass per call
     for own, got in zip(alone, together, strict=True):
         np.testing.assert_allclose(vector(got), own, atol=1e-5)
+
+
+async def test_text_past_the_window_embeds_as_if_it_were_not_there(embedder: Served) -> None:
+    text = " ".join([FOOD, BREAD, BABY] * 50)  # about 500 tokens: the model reads the first 256
+    alone = await embed(embedder, text)
+    # Tokenizing all 40 MB took a minute and gigabytes; the model reads the same 256 tokens either way.
+    followed = await embed(embedder, text + filler(HUGE), timeout=60)
+    assert followed.tokens == alone.tokens == 256
+    np.testing.assert_array_equal(vector(followed), vector(alone))
+
+
+async def test_a_small_embedding_is_answered_while_a_huge_one_is_in(embedder: Served) -> None:
+    alone = []
+    for _ in range(3):
+        started = time.monotonic()
+        await embed(embedder, FOOD)
+        alone.append(time.monotonic() - started)
+    huge = asyncio.create_task(embed(embedder, BREAD + filler(8 * 2**20), timeout=60))
+    waits = []
+    while not huge.done():  # one small call after another, for as long as the huge one is in
+        started = time.monotonic()
+        await embed(embedder, FOOD)
+        waits.append(time.monotonic() - started)
+    assert (await huge).tokens == 256
+    # Generous, for a loaded machine: a small call waited for the huge one's tokenizing (~10 s) before.
+    assert max(waits) < 2 + 20 * min(alone), f"small calls took up to {max(waits):.2f} s"
 
 
 async def test_the_model_type_is_picked_from_a_sentence_transformers_folder(minilm: str) -> None:

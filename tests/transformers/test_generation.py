@@ -186,6 +186,13 @@ async def test_a_prompt_longer_than_the_context_names_both_numbers(
     assert (await predict(llm, Prompt=PROMPT, Tokens=2)).tokens >= 1  # still serving
 
 
+async def test_a_huge_prompt_is_refused_without_tokenizing_all_of_it(llm: Served) -> None:
+    prompt = "the quick brown fox " * 400_000  # 8 MB: tokenizing all of it took longer than the deadline
+    err = await error_of(llm.client.backend.Predict(pb.PredictOptions(Prompt=prompt), timeout=20))
+    assert err.status == Status.INVALID_ARGUMENT
+    assert "the prompt is over 4096 tokens, the model's context" in (err.message or "")
+
+
 async def test_tokenize_string_gives_the_models_token_ids(llm: Served, bare: tuple[Any, Any]) -> None:
     result = await llm.client.backend.TokenizeString(pb.PredictOptions(Prompt=PROMPT))
     expected = bare[0](PROMPT)["input_ids"]

@@ -16,6 +16,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from localfleet.errors import EngineFailure, NotFound, Refused
+from localfleet.window import Window
 
 #: pairs per forward pass: bounds activation memory when a batch holds many long documents
 CHUNK = 64
@@ -67,6 +68,15 @@ def load(spec: LoadSpec) -> Ranker:
 
 class Ranker:
     name = ""
+    #: what the model reads of a query or a document; by default texts are not cut
+    window = Window(None, 0)
+
+    def fit(self, query: str, docs: list[str]) -> tuple[str, list[str]]:
+        """The query and documents cut to what the model reads of each (a prefix giving the same tokens).
+
+        Each is cut on its own: truncating a pair keeps a prefix of each, never more than the window.
+        """
+        return self.window.fit(query), [self.window.fit(doc) for doc in docs]
 
     def score(self, requests: list[tuple[str, list[str]]], stop: threading.Event) -> list[Scored]:
         raise NotImplementedError
@@ -80,6 +90,8 @@ class CrossEncoderRanker(Ranker):
         self.model = model
         self.name = f"CrossEncoder({type(model.model).__name__ if hasattr(model, 'model') else 'model'})"
         self.activation = getattr(model, "activation_fn", None)  # what CrossEncoder.predict applies
+        if model.max_seq_length:
+            self.window = Window(model.tokenizer, model.max_seq_length)
 
     def score(self, requests: list[tuple[str, list[str]]], stop: threading.Event) -> list[Scored]:
         """Every pair of every request of the batch, in chunks of CHUNK pairs."""

@@ -6,6 +6,7 @@ Results come back as core passes them to the user: sorted by descending relevanc
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -14,11 +15,16 @@ from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
+from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
     from localfleet_rerankers.engine import Ranker, Scored
 
+
+#: the most one batch holds, in query-document pairs cut to the model's window (one forward pass's
+#: worth): a request with more runs in a batch of its own, and others do not wait behind it in one
+BATCH_PAIRS = 64
 
 #: ModelOptions.Type -> the rerankers library's model_type ("" = sentence-transformers' CrossEncoder)
 TYPES = {
@@ -66,7 +72,13 @@ class Rerankers(Backend):
         )
         limits = options.batch_limits()
         self._ranker = ranker
-        self._batcher = Batcher(ranker.score, limits, name="rerankers")
+        self._batcher = Batcher(
+            ranker.score,
+            limits,
+            name="rerankers",
+            cost=_cost,
+            max_cost=BATCH_PAIRS * 2 * ranker.window.chars or math.inf,
+        )
         return f"{ranker.name}; requests batched up to {limits.max_size} within {limits.window * 1e3:g} ms"
 
     def unload(self) -> str:
@@ -86,10 +98,17 @@ class Rerankers(Backend):
             raise BadInput("Rerank needs at least one document in documents")
         if request.top_n < 0:
             raise BadInput(f"top_n must be >= 0 (0 = all documents), got {request.top_n}")
-        if self._batcher is None:
+        if self._batcher is None or self._ranker is None:
             raise NotLoaded()
         documents = list(request.documents)
-        scored = await self._batcher.submit((request.query, documents), stop=call.stop)
+        query, texts = request.query, documents
+        window = self._ranker.window
+        if not (window.cheap(query) and all(window.cheap(doc) for doc in documents)):
+            query, texts = await call.run(self._ranker.fit, query, documents)
+        try:
+            scored = await self._batcher.submit((query, texts), stop=call.stop)
+        finally:
+            trim_after_large(len(request.query) + sum(map(len, documents)))
         # Stable: documents with equal scores keep their request order.
         order = sorted(range(len(documents)), key=lambda i: scored.scores[i], reverse=True)
         if request.top_n:
@@ -100,3 +119,9 @@ class Rerankers(Backend):
                 pb.DocumentResult(index=i, text=documents[i], relevance_score=scored.scores[i]) for i in order
             ],
         )
+
+
+def _cost(request: tuple[str, list[str]]) -> float:
+    """What a request costs a batch: the characters of its query-document pairs."""
+    query, docs = request
+    return len(query) * len(docs) + sum(map(len, docs))

@@ -33,10 +33,15 @@ from transformers.utils import logging as hf_logging
 from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
 from localfleet.inputs import excerpt, parse_json
+from localfleet.window import Window
 
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
 
 Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
+#: texts of an embedding batch share a forward pass while the longest is at most this many times the
+#: shortest (or all are below SHORT_TEXT characters): padding to one long text would slow every short one
+SIMILAR_LENGTH = 2
+SHORT_TEXT = 256
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -156,6 +161,8 @@ class TextModel:
         self.device = device
         own = _model_context(model if model is not None else sentence_model, tokenizer)
         self.context = min(own, context_size) if context_size > 0 else own
+        # The tokens a text is truncated to: sentence-transformers keeps its own max_seq_length.
+        self.window = Window(tokenizer, own if sentence_model is not None else self.context)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # batching needs padding; llama tokenizers have none
         self.name = type(model if model is not None else sentence_model).__name__
@@ -174,9 +181,16 @@ class TextModel:
 
     # -- embeddings ------------------------------------------------------------------------------
     def embed(self, texts: list[str], stop: threading.Event) -> list[tuple[list[float], int]]:
-        """One vector and its token count per text, in one forward pass."""
-        if stop.is_set():
-            raise EngineFailure("embedding batch stopped: every caller went away")
+        """One vector and its token count per text: texts of similar length share a forward pass."""
+        rows: list[tuple[list[float], int]] = [([], 0)] * len(texts)
+        for group in _similar_lengths(texts):
+            if stop.is_set():
+                raise EngineFailure("embedding batch stopped: every caller went away")
+            for index, row in zip(group, self._embed([texts[i] for i in group]), strict=True):
+                rows[index] = row
+        return rows
+
+    def _embed(self, texts: list[str]) -> list[tuple[list[float], int]]:
         with torch.inference_mode():
             if self.sentence_model is not None:
                 features = self.sentence_model.preprocess(texts)
@@ -224,6 +238,11 @@ class TextModel:
 
     def prompt_ids(self, prompt: str, templated: bool) -> list[int]:
         """Token ids of the prompt, checked against the context; a chat template already adds BOS."""
+        if len(self.window.fit(prompt)) < len(prompt):  # told without encoding all of a huge prompt
+            raise BadInput(
+                f"the prompt is over {self.context} tokens, the model's context; shorten the prompt or "
+                "load a model with a longer context"
+            )
         ids: list[int] = self.tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
         if not ids:
             raise BadInput("the prompt is empty: send Prompt, or Messages with UseTokenizerTemplate")
@@ -377,6 +396,19 @@ class _StopText:
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
+
+
+def _similar_lengths(texts: list[str]) -> list[list[int]]:
+    """Indexes of `texts` in groups of similar length, shortest first."""
+    groups: list[list[int]] = []
+    shortest = 0
+    for index in sorted(range(len(texts)), key=lambda i: len(texts[i])):
+        size = len(texts[index])
+        if not groups or size > max(shortest * SIMILAR_LENGTH, SHORT_TEXT):
+            groups.append([])
+            shortest = size
+        groups[-1].append(index)
+    return groups
 
 
 def _model_context(model: Any, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -18,11 +18,16 @@ from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.inputs import parse_json
+from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
     from localfleet_transformers.engine import Kind, Piece, Sampling, TextModel
 
+
+#: the most characters of text one embedding batch holds, in full windows: a text longer than the
+#: model reads is cut to about one, so a few such texts run together and the rest wait for the next batch
+BATCH_WINDOWS = 8
 
 #: ModelOptions.Type as LocalAI model configs write it; empty picks by the folder's contents
 KINDS: dict[str, Kind] = {
@@ -79,7 +84,13 @@ class Transformers(Backend):
         )
         limits = options.batch_limits()
         self._model = loaded
-        self._batcher = Batcher(loaded.embed, limits, name="transformers-embed")
+        self._batcher = Batcher(
+            loaded.embed,
+            limits,
+            name="transformers-embed",
+            cost=len,
+            max_cost=BATCH_WINDOWS * loaded.window.chars,
+        )
         self._options = options
         return (
             f"{loaded.kind} model {loaded.name} on {loaded.device}, context {loaded.context} tokens, "
@@ -108,9 +119,15 @@ class Transformers(Backend):
         text = request.Embeddings or request.Prompt
         if not text:
             raise BadInput("Embedding needs the text to embed in PredictOptions.Embeddings")
-        self._loaded()
+        model = self._loaded()
         assert self._batcher is not None
-        vector, tokens = await self._batcher.submit(text, stop=call.stop)
+        size = len(text)
+        if not model.window.cheap(text):  # the model reads its window: cut the rest before tokenizing
+            text = await call.run(model.window.fit, text)
+        try:
+            vector, tokens = await self._batcher.submit(text, stop=call.stop)
+        finally:
+            trim_after_large(size)
         return pb.EmbeddingResult(
             embeddings=vector,
             dim=len(vector),
@@ -145,9 +162,11 @@ class Transformers(Backend):
             raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
         messages = _messages(request) if request.UseTokenizerTemplate else None
         sampling = _sampling(request, self._options.max_tokens)
-        ids = await call.run(
-            _prompt_ids, model, request.Prompt, messages, request.Tools, dict(request.Metadata)
-        )
+        prompt = request.Prompt
+        try:
+            ids = await call.run(_prompt_ids, model, prompt, messages, request.Tools, dict(request.Metadata))
+        finally:
+            trim_after_large(len(prompt))
         counted = 0
         async for piece in call.iterate(model.generate, ids, sampling, call.stop):
             call.count_tokens(piece.tokens - counted)
