@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +168,25 @@ async def test_a_missing_folder_is_refused_and_the_loaded_model_keeps_serving(em
     assert not result.success
     assert "/no/such/model-folder" in result.message
     assert "does not exist" in result.message
+    food, bread = [vector(await embed(embedder, t)) for t in (FOOD, BREAD)]
+    assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+
+
+async def test_a_hub_id_that_cannot_be_fetched_fails_fast_and_the_model_keeps_serving(
+    embedder: Served, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A hub that refuses connections stands in for a machine with no network (these machines have none).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the tests' own setting: probe the hub instead
+    started = time.monotonic()
+    result = await embedder.client.backend.LoadModel(pb.ModelOptions(Model="no-such-org/no-such-model"))
+    assert not result.success
+    assert "the hub cannot be reached" in result.message
+    assert time.monotonic() - started < 10
     food, bread = [vector(await embed(embedder, t)) for t in (FOOD, BREAD)]
     assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from localfleet import hub
 from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
@@ -54,7 +55,8 @@ class Rerankers(Backend):
         if model.type.lower() not in TYPES:
             served = ", ".join(repr(t) for t in TYPES if t)
             return f"Type {model.type!r} is not served here; leave it empty or use one of {served}"
-        return folder_refusal(model, "a reranking model")
+        # A hub id that is neither here nor fetchable is refused now, not after the hub client's retries.
+        return folder_refusal(model, "a reranking model") or hub.refusal(model.path)
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, RerankersOptions)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from localfleet import hub
 from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
@@ -64,7 +65,10 @@ class Transformers(Backend):
     def refuse(self, model: ModelRef) -> str | None:
         if model.type and model.type.lower() not in KINDS:
             return f"Type {model.type!r} is not served here; use one of {', '.join(sorted(KINDS))}"
-        return folder_refusal(model, "a transformers model", ("config.json", "modules.json"))
+        reason = folder_refusal(model, "a transformers model", ("config.json", "modules.json"))
+        if reason is None and _bundled(model.path) is None:
+            reason = hub.refusal(model.path)  # not here, and not fetchable: say so now, not after retries
+        return reason
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, TransformersOptions)
