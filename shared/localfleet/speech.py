@@ -14,6 +14,9 @@ language and model into an `Utterance` (a sample rate and a generator of PCM chu
   PCM with no WAV header. The first `Reply` also carries, in `message`, the JSON object
   `{"sample_rate": N, "channels": 1, "sample_format": "s16le"}`: LocalAI core reads `sample_rate`
   from it and writes the WAV header itself (its `ModelTTSStream`).
+- Memory: an engine's memory grows with what it synthesizes in one run, so engines take the text in
+  pieces of at most `PIECE_CHARS` (`split_text`), and one request's text is capped by the LoadModel
+  option `max_chars` (`SpeechOptions`, default `MAX_CHARS`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,20 @@ import re
 import secrets
 import stat
 import time
+import unicodedata
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
+
 from localfleet.backend import Backend
 from localfleet.call import Call
 from localfleet.errors import BadInput, EngineFailure
+from localfleet.inputs import excerpt
+from localfleet.memory import LARGE_REQUEST_BYTES, trim_after_large
+from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 CHANNELS = 1
@@ -45,6 +54,29 @@ _PART_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
 # Folders swept lately, and when: a folder of many files is not listed on every write.
 _SWEPT: dict[Path, float] = {}
 _SWEEP_EVERY = 600.0
+
+#: the most characters an engine is given at once. One run's memory grows with its length (Piper: 1.3
+#: GiB for 1,000 characters with no sentence end in them, 0.25 GiB for 200)
+PIECE_CHARS = 200
+#: the most characters of text one request may send, unless the LoadModel option max_chars says
+#: otherwise: about 20 minutes of speech
+MAX_CHARS = 20_000
+#: text longer than this leaves the C heap holding what the engine's runs freed, worth handing back
+#: (Piper: 40-75 MiB after 1,000 characters or more)
+TRIM_ABOVE_CHARS = 100
+# Where a piece may end, best first: after a sentence, after a clause, at a space. A mark counts only
+# before a space (or CJK's, which take none), so "3.5" and "U.S.A" stay whole.
+_BREAKS = (
+    re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+|\n"),
+    re.compile(r"[,;:\u2013\u2014]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3001\uff0c\uff1b\uff1a]+"),
+    re.compile(r"\s"),
+)
+
+
+class SpeechOptions(BackendOptions):
+    """LoadModel options of every TTS backend."""
+
+    max_chars: int = Field(MAX_CHARS, ge=1, description="the most characters of text one request may send")
 
 
 @dataclass(frozen=True)
@@ -80,10 +112,49 @@ class Written:
         return self.frames / self.sample_rate
 
 
-def require_text(text: str) -> str:
+def require_text(text: str, limit: int = MAX_CHARS) -> str:
     if not text.strip():
         raise BadInput("text is empty or only whitespace; send the words to speak")
+    if len(text) > limit:
+        raise BadInput(
+            f"text {excerpt(text, 40)} is over the limit of {limit} characters a request: send it in "
+            "parts, or raise the limit with the LoadModel option max_chars"
+        )
     return text
+
+
+def split_text(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """`text` in pieces of at most `limit` characters, for an engine to synthesize one at a time.
+
+    Each piece ends at its last sentence end within the limit, else its last clause mark, else its last
+    space, else it is cut at the limit. Only the whitespace between pieces is dropped.
+    """
+    pieces: list[str] = []
+    start, end = 0, len(text)
+    while True:
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            return pieces
+        cut = end if end - start <= limit else _cut(text, start, limit)
+        pieces.append(text[start:cut].rstrip())
+        start = cut
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where the piece from `start` (not whitespace) ends: the last break of the best kind in reach."""
+    stop = start + limit
+    for pattern in _BREAKS:
+        cut = 0
+        # One character past the limit is looked at: a break there may end in whitespace, which is dropped.
+        for match in pattern.finditer(text, start, stop + 1):
+            if match.end() <= stop or text[match.end() - 1].isspace():
+                cut = match.end()
+        if cut:
+            return cut
+    while stop > start + 1 and unicodedata.combining(text[stop]):
+        stop -= 1  # keep an accent with its letter
+    return stop
 
 
 def stream_header(sample_rate: int) -> bytes:
@@ -208,6 +279,9 @@ def _chunks(utterance: Utterance, check: Callable[[], None]) -> Iterator[bytes]:
 class SpeechBackend(Backend):
     """Base of the TTS backends: TTS and TTSStream over `utterance()`."""
 
+    #: the loaded model's option max_chars, which `load()` sets
+    max_chars = MAX_CHARS
+
     def utterance(self, request: SpeechRequest) -> Utterance:
         """Resolve voice, language and model for one request (blocking, in a worker thread).
 
@@ -222,10 +296,13 @@ class SpeechBackend(Backend):
         return await call.run(self.utterance, asked)
 
     async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
-        require_text(request.text)
+        require_text(request.text, self.max_chars)
         dst = await call.run(call.paths.writable, request.dst, "dst")  # file system calls: off the loop
         utterance = await self._resolve(request, call)
-        written = await call.run(write_wav, dst, utterance, call.raise_if_stopped)
+        try:
+            written = await call.run(write_wav, dst, utterance, call.raise_if_stopped)
+        finally:
+            _hand_back_memory(request.text)
         return pb.Result(
             success=True,
             message=f"wrote {written.seconds:.2f} s of {written.sample_rate} Hz speech "
@@ -233,16 +310,25 @@ class SpeechBackend(Backend):
         )
 
     async def TTSStream(self, request: pb.TTSRequest, call: Call) -> AsyncIterator[pb.Reply]:
-        require_text(request.text)
+        require_text(request.text, self.max_chars)
         utterance = await self._resolve(request, call)
         header: bytes | None = stream_header(utterance.sample_rate)
-        async for chunk in call.iterate(utterance.pcm):
-            if not chunk:
-                continue
-            if header is not None:
-                yield pb.Reply(message=header, audio=chunk)
-                header = None
-            else:
-                yield pb.Reply(audio=chunk)
+        try:
+            async for chunk in call.iterate(utterance.pcm):
+                if not chunk:
+                    continue
+                if header is not None:
+                    yield pb.Reply(message=header, audio=chunk)
+                    header = None
+                else:
+                    yield pb.Reply(audio=chunk)
+        finally:
+            _hand_back_memory(request.text)
         if header is not None:
             raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
+
+
+def _hand_back_memory(text: str) -> None:
+    """After a long text, trim the C heap shortly (one trim at a time, however many requests end)."""
+    if len(text) > TRIM_ABOVE_CHARS:
+        trim_after_large(LARGE_REQUEST_BYTES)  # what the engine's runs freed, not the request's size

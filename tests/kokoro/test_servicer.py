@@ -6,6 +6,7 @@ Kokoro runs at about real time on two cores, so each test synthesizes little.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,17 +16,22 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
+from localfleet.speech import MAX_CHARS, PIECE_CHARS
 from localfleet.testing import Served, serving
+from localfleet_kokoro.engine import split_sentences
 from localfleet_kokoro.servicer import BUNDLED, Kokoro
 from tests.piper.speech_checks import (
     check_dst_outside_the_roots_or_in_a_missing_folder,
     check_stream_round_trip,
+    check_text_over_the_limit_is_invalid,
     check_wav_round_trip,
     check_whitespace_is_invalid,
     error_of,
+    plausible_seconds,
     serving_tts,
     stream,
     tts,
+    unpunctuated,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -49,6 +55,30 @@ async def test_stream_sends_a_chunk_per_sentence_as_each_is_ready(
     kokoro: Served, whisper: Served, roots: Path
 ) -> None:
     await check_stream_round_trip(kokoro, whisper, roots, RATE)
+
+
+async def test_a_long_sentence_is_spoken_a_bounded_piece_at_a_time(kokoro: Served) -> None:
+    # Kokoro's memory grows with what one run speaks: a sentence longer than a piece goes in pieces,
+    # and the first of them streams as soon as it is ready.
+    text = unpunctuated(42)
+    assert len(text) > PIECE_CHARS
+    streamed = await stream(kokoro, pb.TTSRequest(text=text))
+    assert len(streamed.replies) == 2
+    low, high = plausible_seconds(text)
+    assert low < len(streamed.pcm) / 2 / RATE < high
+
+
+async def test_sentences_are_split_into_bounded_pieces() -> None:
+    text = f"Short one. {unpunctuated(100)}; and a clause\nA line"
+    pieces = split_sentences(text, 50)
+    assert pieces[0] == "Short one."
+    assert pieces[-2:] == ["and a clause", "A line"]
+    assert all(0 < len(piece) <= 50 for piece in pieces)
+    assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)
+
+
+async def test_text_over_the_limit_is_invalid(kokoro: Served, roots: Path) -> None:
+    await check_text_over_the_limit_is_invalid(kokoro, roots / "over.wav", MAX_CHARS)
 
 
 async def test_dst_outside_the_roots_or_in_a_missing_folder(
@@ -104,6 +134,7 @@ async def test_loadmodel_refuses_what_kokoro_cannot_serve(tmp_path: Path) -> Non
             (str(lone), [], "no voices file beside kokoro-v1.0.onnx"),
             (BUNDLED, ["lang:tlh"], "option lang 'tlh'"),
             (BUNDLED, ["voice:af_sarah"], "option voice='af_sarah'"),
+            (BUNDLED, ["max_chars:0"], "greater than or equal to 1"),
         ]:
             result = await served.client.backend.LoadModel(pb.ModelOptions(Model=model, Options=options))
             assert not result.success, model

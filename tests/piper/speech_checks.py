@@ -8,11 +8,12 @@ backends as LocalAI core would chain them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,53 @@ SENTENCES = [
     "The weather today is sunny and warm.",
     "Every sentence is sent as soon as it is ready.",
 ]
+
+
+MiB = 2**20
+_PROSE = "the quick brown fox jumps over the lazy dog while the weather today is sunny and warm"
+
+
+def unpunctuated(words: int) -> str:
+    """`words` words and not one punctuation mark: a single sentence, as far as an engine can tell."""
+    pool = _PROSE.split()
+    return " ".join(pool[i % len(pool)] for i in range(words))
+
+
+@dataclass
+class Peak:
+    """RSS when a block began, and the most it reached in it."""
+
+    start: int = 0
+    high: int = 0
+
+    @property
+    def growth(self) -> int:
+        return self.high - self.start
+
+
+def _status(key: str) -> int:
+    """A size from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+@contextmanager
+def peak_rss() -> Iterator[Peak]:
+    """The peak RSS of this process (which serves the backends under test) over the block.
+
+    Writing 5 to clear_refs resets Linux's high-water mark (VmHWM) to the current RSS: the kernel keeps
+    the peak, so no sampling can miss it.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    peak = Peak(start=_status("VmRSS"))
+    yield peak
+    peak.high = _status("VmHWM")
+
+
+def rss() -> int:
+    return _status("VmRSS")
 
 
 @dataclass(frozen=True)
@@ -80,10 +128,12 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @asynccontextmanager
-async def serving_tts(backend: Backend, roots: Path, **model: Any) -> AsyncIterator[tuple[Served, str]]:
-    """`backend` served with `roots` as the folder it may write in, once LoadModel of `model`
-    (ModelOptions fields) has succeeded; with LoadModel's message."""
-    async with serving(backend, path_roots=[str(roots)]) as served:
+async def serving_tts(
+    backend: Backend, roots: Path, readable: Sequence[Path] = (), **model: Any
+) -> AsyncIterator[tuple[Served, str]]:
+    """`backend` served with `roots` as the folder it may write in (and read models from, with
+    `readable`), once LoadModel of `model` (ModelOptions fields) has succeeded; with LoadModel's message."""
+    async with serving(backend, path_roots=[str(roots), *map(str, readable)]) as served:
         result = await served.client.backend.LoadModel(pb.ModelOptions(**model))
         assert result.success, result.message
         yield served, str(result.message)
@@ -206,4 +256,22 @@ async def check_dst_outside_the_roots_or_in_a_missing_folder(
     err = await error_of(served, roots)
     assert err.status == Status.INVALID_ARGUMENT
     assert "is a folder" in (err.message or "")
+    assert await served.client.healthy()
+
+
+async def check_text_over_the_limit_is_invalid(served: Served, dst: Path, limit: int) -> None:
+    """Text over the limit (LoadModel option max_chars) is refused before any synthesis, briefly."""
+    text = "Hello there. " * (limit // 13 + 1)  # sentences: synthesizing it anyway would stop at the deadline
+    with pytest.raises(GRPCError) as err:
+        await served.client.backend.TTS(pb.TTSRequest(text=text, dst=str(dst)), timeout=10)
+    assert err.value.status == Status.INVALID_ARGUMENT
+    message = err.value.message or ""
+    assert f"limit of {limit} characters" in message, message
+    assert "max_chars" in message, message
+    assert f"({len(text)} characters)" in message, message
+    assert len(message) < 300, message  # an excerpt of the text, not all of it
+    assert not await asyncio.to_thread(dst.exists)
+    with pytest.raises(GRPCError) as streamed:
+        await stream(served, pb.TTSRequest(text=text))
+    assert streamed.value.status == Status.INVALID_ARGUMENT
     assert await served.client.healthy()

@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
-from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
 
 if TYPE_CHECKING:
     from localfleet_kokoro.engine import Model
@@ -41,7 +40,7 @@ _ALIASES = {
 }
 
 
-class KokoroOptions(BackendOptions):
+class KokoroOptions(SpeechOptions):
     voices: str | None = Field(
         None, description="voices file (.bin or .npz); default: voices* beside the model"
     )
@@ -96,6 +95,7 @@ class Kokoro(SpeechBackend):
                 f"option voice={voice!r} is not in {voices.name}; it has {', '.join(loaded.voices)}"
             )
         self._model, self._voice, self._language, self._speed = loaded, voice, language, options.speed
+        self.max_chars = options.max_chars
         return (
             f"{loaded.name} with {len(loaded.voices)} voices from {voices.name} (default {voice}, {language})"
         )

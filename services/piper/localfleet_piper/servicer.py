@@ -21,22 +21,26 @@ from pydantic import BaseModel, Field
 from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
-from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
 from localfleet_piper.voices import Catalog, VoiceFile, is_voice, same_language
 
 if TYPE_CHECKING:
     from localfleet_piper.engine import Tuning, Voice
 
 
-class PiperOptions(BackendOptions):
+class PiperOptions(SpeechOptions):
     # ONNX Runtime's CUDA provider; needs onnxruntime-gpu in place of onnxruntime (a cublas12 image).
     cuda: bool = False
     speaker: str | None = Field(None, description="default speaker of a multi-speaker voice")
-    length_scale: float | None = Field(None, gt=0, description="> 1 speaks slower; default: the voice's")
-    noise_scale: float | None = Field(None, ge=0)
-    noise_w_scale: float | None = Field(None, ge=0)
+    # Bounded: the audio Piper makes, and the memory it takes, grow with length_scale (10,000 asked
+    # ONNX Runtime for GBs) and exponentially with noise_w_scale past 1.5 (a 4 s sentence came out at up
+    # to 78 s with 2.5); past 2, noise_scale makes noise (infinity: silence).
+    length_scale: float | None = Field(
+        None, gt=0, le=4, allow_inf_nan=False, description="> 1 speaks slower, up to 4; default: the voice's"
+    )
+    noise_scale: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    noise_w_scale: float | None = Field(None, ge=0, le=1.5, allow_inf_nan=False)
     voices: int = Field(4, ge=1, description="voice models kept loaded at once")
 
 
@@ -85,6 +89,7 @@ class Piper(SpeechBackend):
             self._aliases = {model.name, model.path, str(found.path), str(found.path.resolve())}
             self._catalog = Catalog(Path(model.model_dir) if model.model_dir else found.path.parent)
             self._options = options
+            self.max_chars = options.max_chars
             self._tuning = engine.Tuning(options.length_scale, options.noise_scale, options.noise_w_scale)
         language = self._catalog.language(found) or "language unknown"
         return f"voice {voice.name} ({language}, {voice.sample_rate} Hz, {_speakers(voice)})"
