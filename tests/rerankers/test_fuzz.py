@@ -1,0 +1,53 @@
+"""rerankers under the fuzzer (tests/fuzzing.py): every RPC, fixed seed, a size CI affords."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.settings import MiB
+from localfleet_rerankers.servicer import Rerankers
+from tests import fuzzing
+from tests.transformers.models import build_cross_encoder
+
+PER_RPC = 80
+#: what the fuzzer finds here today, each failing one check until it is fixed
+BUGS = {
+    "no_internal": (
+        "shared folder_refusal (localfleet/backend.py): a LoadModel Model name over 255 bytes is INTERNAL "
+        "(OSError: File name too long from Path.is_file), e.g. LoadModel(ModelOptions(Model='i' * 1_000_000))"
+    ),
+}
+
+#: the whole run happens in the first check's setup
+pytestmark = pytest.mark.timeout(600)
+
+
+def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
+    # The cross-encoder lies in the folder requests may use, as a models volume would.
+    model = folder / "cross-encoder"
+    if not (model / "config.json").exists():
+        build_cross_encoder(model)
+    documents = ["A man is eating food.", "The girl is carrying a baby.", "A man is eating bread."]
+    seeds = {"Rerank": pb.RerankRequest(query="What does the man eat?", documents=documents, top_n=2)}
+    return fuzzing.Target(
+        "rerankers",
+        fuzzing.served(Rerankers),
+        [fuzzing.Stage(pb.ModelOptions(Model=str(model)), seeds)],
+        folder,
+        rss_bound=1536 * MiB,
+        per_rpc=per_rpc,
+        counts={"LoadModel": per_rpc // 4},
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> fuzzing.Report:
+    return fuzzing.run(target(tmp_path_factory.mktemp("fuzz")))
+
+
+@pytest.mark.parametrize("check", fuzzing.params(BUGS))
+def test_fuzz(report: fuzzing.Report, check: str) -> None:
+    report.check(check)

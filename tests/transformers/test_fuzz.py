@@ -1,0 +1,82 @@
+"""transformers under the fuzzer (tests/fuzzing.py): every RPC, fixed seed, a size CI affords.
+
+Embeddings and tokens are fuzzed on the bundled MiniLM, generation on a tiny Llama built here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import Message
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.settings import MiB
+from localfleet_transformers.servicer import Transformers
+from tests import fuzzing
+from tests.transformers.models import build_tiny_llama
+
+PER_RPC = 80
+#: new tokens a generation may ask for: more is slower, not different
+MAX_TOKENS = 8
+#: what the fuzzer finds here today, each failing one check until it is fixed
+BUGS = {
+    "no_internal": (
+        "transformers: sampling values are not checked before generation, so Temperature=nan, MinP=inf or "
+        "extreme penalties are INTERNAL (ValueError / RuntimeError from generate), e.g. "
+        "Predict(PredictOptions(Prompt='Hi', Tokens=8, Temperature=float('nan'))) or MinP=1.5; and "
+        "shared folder_refusal (localfleet/backend.py): a LoadModel Model name over 255 bytes is INTERNAL "
+        "(OSError: File name too long), e.g. LoadModel(ModelOptions(Model='i' * 1_000_000))"
+    ),
+}
+
+#: the whole run happens in the first check's setup
+pytestmark = pytest.mark.timeout(600)
+
+
+def tame(rpc: str, request: Message) -> None:
+    if isinstance(request, pb.PredictOptions) and request.Tokens > MAX_TOKENS:
+        request.Tokens = MAX_TOKENS
+
+
+def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
+    # The tiny Llama lies in the folder requests may use, as a models volume would.
+    llama = folder / "tiny-llama"
+    if not (llama / "config.json").exists():
+        build_tiny_llama(llama)
+    text = pb.PredictOptions(Embeddings="A man is eating food.", Prompt="A man is eating food.")
+    chat = pb.PredictOptions(
+        Prompt="The quick brown fox",
+        Messages=[pb.Message(role="user", content="Hello, how are you?")],
+        Tokens=MAX_TOKENS,
+        Temperature=0.7,
+        Seed=1,
+    )
+    templated = pb.PredictOptions(Messages=chat.Messages, UseTokenizerTemplate=True, Tokens=MAX_TOKENS)
+    stages = [
+        fuzzing.Stage(pb.ModelOptions(Model="all-MiniLM-L6-v2"), {"Embedding": text, "TokenizeString": text}),
+        fuzzing.Stage(
+            pb.ModelOptions(Model=str(llama), Options=[f"max_tokens:{MAX_TOKENS}"]),
+            {"Predict": chat, "PredictStream": templated},
+        ),
+    ]
+    return fuzzing.Target(
+        "transformers",
+        fuzzing.served(Transformers),
+        stages,
+        folder,
+        rss_bound=1536 * MiB,
+        per_rpc=per_rpc,
+        counts={"LoadModel": per_rpc // 4},
+        tame=tame,
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> fuzzing.Report:
+    return fuzzing.run(target(tmp_path_factory.mktemp("fuzz")))
+
+
+@pytest.mark.parametrize("check", fuzzing.params(BUGS))
+def test_fuzz(report: fuzzing.Report, check: str) -> None:
+    report.check(check)
