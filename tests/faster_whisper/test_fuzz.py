@@ -32,11 +32,6 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     )
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> fuzzing.Report:
-    return fuzzing.run(target(tmp_path_factory.mktemp("fuzz")))
-
-
-@pytest.mark.parametrize("check", fuzzing.params())
-def test_fuzz(report: fuzzing.Report, check: str) -> None:
-    report.check(check)
+def test_fuzz(fuzz_report: fuzzing.Report, fuzz_check: str) -> None:
+    # The run is the fixture's (tests/conftest.py: this module's `target`, once); one test a check.
+    fuzz_report.check(fuzz_check)
