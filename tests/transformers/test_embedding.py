@@ -153,6 +153,7 @@ async def test_an_empty_text_is_invalid_argument(embedder: Served) -> None:
     with pytest.raises(GRPCError) as err:
         await embed(embedder, "")
     assert err.value.status == Status.INVALID_ARGUMENT
+    assert (err.value.message or "").startswith("the text to embed is empty")
     assert "Embeddings" in (err.value.message or "")
 
 

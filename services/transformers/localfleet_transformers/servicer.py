@@ -122,7 +122,7 @@ class Transformers(Backend):
     async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
         text = request.Embeddings or request.Prompt
         if not text:
-            raise BadInput("Embedding needs the text to embed in PredictOptions.Embeddings")
+            raise BadInput("the text to embed is empty; send some text (PredictOptions.Embeddings)")
         model = self._loaded()
         assert self._batcher is not None
         size = len(text)
