@@ -21,6 +21,7 @@ from grpclib.server import Stream
 
 from localfleet.call import Call
 from localfleet.errors import BackendError, BadInput, Overloaded, Unavailable
+from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
 from localfleet.runtime import Runtime
 
@@ -187,10 +188,12 @@ class BackendService:
 
         async def body(stream: ServerStream) -> None:
             request: Any
+            size = 0
             if streaming_in:
                 request = _requests(stream)
             else:
                 request = await stream.recv_message()
+                size = request.ByteSize()
                 runtime.check_identity(getattr(request, "ModelIdentity", ""))
             runtime.require_model()
             async with runtime.admission.slot(group) as ticket, runtime.gate.shared():
@@ -220,6 +223,7 @@ class BackendService:
                     raise
                 finally:
                     runtime.calls.discard(call)
+                    trim_after_large(size)  # what a large request's parsing and work left on the heap
 
         return body
 

@@ -16,7 +16,6 @@ from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
-from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -107,10 +106,7 @@ class Rerankers(Backend):
         window = self._ranker.window
         if not (window.cheap(query) and all(window.cheap(doc) for doc in documents)):
             query, texts = await call.run(self._ranker.fit, query, documents)
-        try:
-            scored = await self._batcher.submit((query, texts), stop=call.stop)
-        finally:
-            trim_after_large(len(request.query) + sum(map(len, documents)))
+        scored = await self._batcher.submit((query, texts), stop=call.stop)
         # Stable: documents with equal scores keep their request order.
         order = sorted(range(len(documents)), key=lambda i: scored.scores[i], reverse=True)
         if request.top_n:

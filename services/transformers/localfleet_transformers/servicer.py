@@ -19,7 +19,6 @@ from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.inputs import parse_json
-from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -125,13 +124,9 @@ class Transformers(Backend):
             raise BadInput("the text to embed is empty; send some text (PredictOptions.Embeddings)")
         model = self._loaded()
         assert self._batcher is not None
-        size = len(text)
         if not model.window.cheap(text):  # the model reads its window: cut the rest before tokenizing
             text = await call.run(model.window.fit, text)
-        try:
-            vector, tokens = await self._batcher.submit(text, stop=call.stop)
-        finally:
-            trim_after_large(size)
+        vector, tokens = await self._batcher.submit(text, stop=call.stop)
         return pb.EmbeddingResult(
             embeddings=vector,
             dim=len(vector),
@@ -167,10 +162,7 @@ class Transformers(Backend):
         messages = _messages(request) if request.UseTokenizerTemplate else None
         sampling = _sampling(request, self._options.max_tokens)
         prompt = request.Prompt
-        try:
-            ids = await call.run(_prompt_ids, model, prompt, messages, request.Tools, dict(request.Metadata))
-        finally:
-            trim_after_large(len(prompt))
+        ids = await call.run(_prompt_ids, model, prompt, messages, request.Tools, dict(request.Metadata))
         counted = 0
         async for piece in call.iterate(model.generate, ids, sampling, call.stop):
             call.count_tokens(piece.tokens - counted)
