@@ -142,7 +142,11 @@ class Runtime:
         ref = ModelRef.from_request(request)
         if not ref.name and not ref.path:
             return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
-        if outside := self.paths.model_refusal(ref.path, self.settings.model_path or None):
+        # A stat of a client's path (maybe on a hung network mount): off the loop, as refuse() below.
+        outside = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.paths.model_refusal, ref.path, self.settings.model_path or None
+        )
+        if outside:
             log.info("refused model %s: %s", excerpt(ref.name), outside)
             return pb.Result(success=False, message=f"{self.backend.name}: {outside}")
         try:
