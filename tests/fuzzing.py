@@ -59,12 +59,7 @@ CHECKS = (
     "still_serves",
 )
 #: known bugs of the shared runtime, failing a check on every backend until fixed (check -> the bug)
-SHARED_BUGS = {
-    "no_internal_for_undecodable": (
-        "shared runtime: a request body that does not decode as the RPC's message (DecodeError) is "
-        "INTERNAL with a traceback in the log, not INVALID_ARGUMENT"
-    ),
-}
+SHARED_BUGS: dict[str, str] = {}
 #: statuses that mean a call did not end in time
 HANG = frozenset({"HANG", "DEADLINE_EXCEEDED"})
 #: findings shown per kind in a summary

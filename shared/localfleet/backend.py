@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
+from localfleet import memory
 from localfleet.options import NoOptions
 
 if TYPE_CHECKING:
@@ -62,6 +63,11 @@ class Backend:
     #: queue-full message tells users to raise it
     limit_groups: ClassVar[Mapping[str, str]] = {}
 
+    #: load() builds the new model before it lets go of the serving one, and a failed load leaves that one
+    #: serving untouched: the runtime may then load beside it instead of unloading it first (a bad load
+    #: then costs nothing), where `beside_refusal` finds room
+    loads_beside: ClassVar[bool] = False
+
     def refuse(self, model: ModelRef) -> str | None:
         """A reason this backend cannot serve `model`, decided fast and without loading; None to accept.
 
@@ -72,6 +78,20 @@ class Backend:
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         """Load the model (blocking, in a worker thread). Return a short message for the Result."""
         raise NotImplementedError
+
+    def beside_refusal(self, model: ModelRef, request: pb.ModelOptions) -> str | None:
+        """Why `model` cannot be loaded beside the one serving now (blocking; called with one loaded), or
+        None. By default: a backend that does not load beside, a model on a GPU (which rarely holds two),
+        or too little free memory for both (the model's files and `working_bytes`)."""
+        if not self.loads_beside:
+            return f"{self.name} releases its model before loading another"
+        if memory.gpu_in_use():
+            return "the model serving now is on a GPU, which rarely holds two"
+        return memory.room_beside(model.path, self.working_bytes(model, request))
+
+    def working_bytes(self, model: ModelRef, request: pb.ModelOptions) -> int:
+        """Memory `model` takes beyond its files once loaded (a KV cache), as far as known (blocking)."""
+        return 0
 
     def group_limits(self, options: BaseModel) -> Mapping[str, int]:
         """Each group's limit (>= 1) for a model loaded with `options`; called by LoadModel before the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
@@ -34,7 +35,15 @@ class CappedProtoCodec(ProtoCodec):
     def decode(self, data: bytes, message_type: type[Any]) -> Any:
         if len(data) > self.max_bytes:
             raise _too_large(len(data), self.max_bytes)
-        return super().decode(data, message_type)
+        try:
+            return super().decode(data, message_type)
+        except DecodeError as exc:
+            # a client's bytes, not a server fault: a status, no traceback in the log
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"the request is not a valid {message_type.__name__} protobuf message ({exc}); "
+                "send the message this RPC takes in backend.proto",
+            ) from None
 
 
 def cap_announced(stream: Stream, max_bytes: int) -> None:

@@ -48,6 +48,13 @@ class Unavailable(BackendError):
     status = Status.UNAVAILABLE
 
 
+class Unwritable(BackendError):
+    """The backend cannot write where it was asked to (permissions, a read-only or virtual file system):
+    the deployment's or the caller's to fix, not an engine fault (FAILED_PRECONDITION)."""
+
+    status = Status.FAILED_PRECONDITION
+
+
 class EngineFailure(BackendError):
     """The engine failed on a valid request (INTERNAL); the process keeps serving."""
 

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 #: a request of this many bytes leaves the C heap holding memory worth handing back once it is over
 LARGE_REQUEST_BYTES = 4 * 2**20
+#: memory left free after a second model is loaded beside the one serving (buffers, a call's work)
+BESIDE_HEADROOM = 512 * 2**20
+#: files counted when sizing a model folder: past this, the folder is not a model to size
+MAX_MODEL_FILES = 10_000
 #: seconds from a large request to the trim: time for its reply to go and its buffers to be freed
 TRIM_DELAY = 0.5
 
@@ -44,6 +48,53 @@ def _gpu_memory() -> dict[str, int]:
         for device in range(cuda.device_count()):
             figures[f"gpu{device}"] = int(cuda.memory_reserved(device))
     return figures
+
+
+def gpu_in_use() -> bool:
+    """Whether this process holds GPU memory (NVML, or torch's CUDA once initialized)."""
+    return any(v > 0 for v in _gpu_memory().values())
+
+
+def room_beside(path: str, working: int = 0) -> str | None:
+    """Why the model at `path` would not fit in memory beside the one loaded now (blocking), or None.
+
+    Weights on disk are what a load brings into memory, near enough, plus `working` bytes it allocates
+    (a KV cache): a model that is not a local file or folder (a hub id) has no size here, so it is not
+    loaded beside.
+    """
+    on_disk = disk_bytes(path)
+    if on_disk is None:
+        return f"the size of {path[:80]!r} is not known here (not a local file or folder)"
+    size = on_disk + working
+    available = int(psutil.virtual_memory().available)
+    if size + BESIDE_HEADROOM > available:
+        gib = 2**30
+        return (
+            f"it ({size / gib:.1f} GiB with its working memory) and the model serving now do not fit in "
+            f"memory together ({available / gib:.1f} GiB available)"
+        )
+    return None
+
+
+def disk_bytes(path: str) -> int | None:
+    """Bytes of a model file, or of the files in a model folder (symbolic links followed, as a load
+    does); None when `path` is neither or holds more than MAX_MODEL_FILES files."""
+    try:
+        if os.path.isfile(path):
+            return os.path.getsize(path)
+        if not os.path.isdir(path):
+            return None
+        total = files = 0
+        for folder, _, names in os.walk(path):
+            for name in names:
+                files += 1
+                if files > MAX_MODEL_FILES:
+                    return None
+                full = os.path.join(folder, name)
+                total += os.path.getsize(full) if os.path.isfile(full) else 0
+        return total
+    except OSError:
+        return None
 
 
 def _torch_cuda() -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from localfleet.errors import BadInput, NotFound
@@ -19,6 +21,9 @@ from localfleet.inputs import excerpt
 
 #: real paths are quoted whole up to this length; only absurd ones are cut
 PATH_CHARS = 256
+#: Linux's limits (NAME_MAX, PATH_MAX): a longer name or path fails every lookup
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
 _REASONS = {
     errno.ENAMETOOLONG: "is too long for this file system (names up to 255 bytes, paths up to 4096)",
     errno.ELOOP: "goes round a loop of symbolic links",
@@ -48,9 +53,14 @@ class PathPolicy:
         """An existing file to read, inside the roots."""
         resolved = self._inside(path, field)
         with _os_checks(path, field):
-            found, is_folder = resolved.is_file(), resolved.is_dir()
+            found, is_folder, exists = resolved.is_file(), resolved.is_dir(), resolved.exists()
         if is_folder:
             raise BadInput(f"{field} {_shown(path)} is a folder; send the path of a file")
+        if exists and not found:
+            raise BadInput(
+                f"{field} {_shown(path)} is not a regular file (a pipe, socket or device); send the path of "
+                "a file"
+            )
         if not found:
             raise NotFound(
                 f"{field} {_shown(path)} does not exist on this backend's file system (is the volume "
@@ -79,17 +89,66 @@ class PathPolicy:
             "the model there, or add its folder to LOCALFLEET_PATH_ROOTS"
         )
 
-    def writable(self, path: str, field: str) -> Path:
-        """A file to (over)write, inside the roots, whose folder exists."""
+    def writable(self, path: str, field: str, kind: FileKind) -> Path:
+        """A `kind` file to (over)write, inside the roots, whose folder exists.
+
+        With or without roots, a write never replaces a file that is not already of its kind (a key
+        file, a config, a device), and the name must say the kind: WAV bytes under `x.mp3` mislead.
+        """
         resolved = self._inside(path, field)
         with _os_checks(path, field):
-            is_folder, parent_exists = resolved.is_dir(), resolved.parent.is_dir()
-        if is_folder:
+            parent_exists = resolved.parent.is_dir()
+            existing = resolved.stat() if os.path.lexists(resolved) else None
+            ours = existing is not None and stat.S_ISREG(existing.st_mode) and kind.starts(_head(resolved))
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise BadInput(f"{field} {_shown(path)} is a folder; send the path of the file to write")
+        if resolved.suffix.lower() not in kind.suffixes:
+            raise BadInput(
+                f"{field} {_shown(path)} does not end in {' or '.join(kind.suffixes)}; this backend writes "
+                f"{kind.name} files: name the file for what it holds"
+            )
+        if existing is not None and not ours:
+            raise BadInput(
+                f"{field} {_shown(path)} exists and is not a {kind.name} file; this backend replaces only "
+                f"{kind.name} files: choose a new name, or remove that file first"
+            )
         if not parent_exists:
             folder = _shown(str(resolved.parent))
             raise NotFound(f"{field} {_shown(path)}: folder {folder} does not exist here")
         return resolved
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of file a backend writes: its names, and how its first bytes begin."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    magic: tuple[tuple[int, bytes], ...]  # (offset, bytes) pairs the head must hold
+
+    def starts(self, head: bytes) -> bool:
+        return all(head[at : at + len(mark)] == mark for at, mark in self.magic)
+
+
+WAV = FileKind("WAV", (".wav", ".wave"), ((0, b"RIFF"), (8, b"WAVE")))
+#: bytes read from an existing file to tell its kind (never quoted back)
+HEAD_BYTES = 16
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as file:  # a regular file: the read cannot block
+        return file.read(HEAD_BYTES)
+
+
+def name_refusal(name: str, field: str) -> str | None:
+    """Why `name` cannot be a path on any file system here (a null byte, a name or path too long), or
+    None. Checked on LoadModel's names before any backend looks them up, so no lookup fails inside."""
+    if "\0" in name:
+        return f"{field} {_shown(name)} contains a null byte; send a model name or path"
+    raw = os.fsencode(name)
+    if len(raw) >= MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
+        return f"{field} {_shown(name)} {_REASONS[errno.ENAMETOOLONG]}; send a model name or path"
+    return None
 
 
 def _shown(path: str) -> str:

@@ -22,7 +22,7 @@ from localfleet.gate import ModelGate
 from localfleet.inputs import excerpt
 from localfleet.metrics import Metrics
 from localfleet.options import parse_options
-from localfleet.paths import PathPolicy
+from localfleet.paths import PathPolicy, name_refusal
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import Settings
 from localfleet.workers import Workers
@@ -136,19 +136,29 @@ class Runtime:
                 )
             raise NotLoaded()
 
-    # -- the control RPCs ------------------------------------------------------------------------
-    async def load(self, request: pb.ModelOptions) -> pb.Result:
-        """LoadModel: refuse fast what this backend cannot serve, else replace the model in a thread."""
-        ref = ModelRef.from_request(request)
+    async def _name_refusal(self, request: pb.ModelOptions, ref: ModelRef) -> str | None:
+        """Why LoadModel's names cannot be opened here at all, or None."""
         if not ref.name and not ref.path:
-            return pb.Result(success=False, message="LoadModel needs Model (the model name or file)")
+            return "LoadModel needs Model (the model name or file)"
+        unusable = name_refusal(request.Model, "Model") or name_refusal(request.ModelFile, "ModelFile")
+        if unusable:
+            return f"{self.backend.name}: {unusable}"
         # A stat of a client's path (maybe on a hung network mount): off the loop, as refuse() below.
         outside = await asyncio.get_running_loop().run_in_executor(
             self.executor, self.paths.model_refusal, ref.path, self.settings.model_path or None
         )
         if outside:
             log.info("refused model %s: %s", excerpt(ref.name), outside)
-            return pb.Result(success=False, message=f"{self.backend.name}: {outside}")
+            return f"{self.backend.name}: {outside}"
+        return None
+
+    # -- the control RPCs ------------------------------------------------------------------------
+    async def load(self, request: pb.ModelOptions) -> pb.Result:
+        """LoadModel: refuse fast what this backend cannot serve, else replace the model in a thread."""
+        ref = ModelRef.from_request(request)
+        refused = await self._name_refusal(request, ref)
+        if refused:
+            return pb.Result(success=False, message=refused)
         try:
             options = parse_options(self.backend.Options, request.Options)
             limits = self.backend.group_limits(options)
@@ -167,18 +177,25 @@ class Runtime:
             started = time.perf_counter()
             previous = self._served if self.model_name else None
             self._loading(ref.name)
+            unloaded: str | None = None  # why the serving model was released before the load, if it was
             try:
                 # No call runs now; queued ones get the new model's limits (Ticket.settle).
                 self.admission.resize(limits)
-                if self.model_name:
+                if previous is not None:
+                    beside = self.backend.beside_refusal
+                    unloaded = await loop.run_in_executor(self.executor, beside, ref, request)
+                if previous is not None and unloaded:
+                    log.info("releasing %s before the load: %s", excerpt(previous.ref.name), unloaded)
                     await loop.run_in_executor(self.executor, self.backend.unload)
                     self.model_name = ""
                 message = await loop.run_in_executor(self.executor, self.backend.load, ref, options, request)
             except (Exception, Refused) as exc:  # any engine failure is the load's answer, never a crash
                 failure = self._load_failed(ref, exc)
                 if previous is not None:
-                    failure += await self._restore(previous)
+                    failure += self._kept(previous) if self.model_name else await self._restore(previous)
                 return pb.Result(success=False, message=failure)
+            if unloaded and previous is not None:
+                message += f" ({excerpt(previous.ref.name)} was released first: {unloaded})"
             elapsed = time.perf_counter() - started
             self.metrics.load_seconds.observe(elapsed)
             self._served = _Served(ref, options, request, limits)
@@ -205,10 +222,16 @@ class Runtime:
             log.exception("LoadModel %s failed", excerpt(ref.name))
         return f"{self.backend.name}: loading {excerpt(ref.name)} failed: {self.last_error}"
 
+    def _kept(self, served: _Served) -> str:
+        """After a failed load beside the serving model: that model serves on, untouched."""
+        self.admission.resize(served.limits)
+        self._ready(served.ref.name)
+        return f"; {excerpt(served.ref.name)} serves on (the load was tried beside it)"
+
     async def _restore(self, served: _Served) -> str:
         """After a failed replacement, load the model that served before: a bad LoadModel costs its
-        caller an error, not every other caller their model. The old model was unloaded first (a GPU
-        rarely holds two), so this costs one more load of it."""
+        caller an error, not every other caller their model. The old model was released first (see
+        Backend.beside_refusal), so this costs one more load of it."""
         name = excerpt(served.ref.name)
         log.info("loading %s again after the failed load", name)
         self._loading(served.ref.name)

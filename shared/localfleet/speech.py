@@ -39,10 +39,11 @@ from pydantic import Field
 
 from localfleet.backend import Backend
 from localfleet.call import Call
-from localfleet.errors import BadInput, EngineFailure
+from localfleet.errors import BadInput, EngineFailure, Unwritable
 from localfleet.inputs import excerpt
 from localfleet.memory import LARGE_REQUEST_BYTES, trim_after_large
 from localfleet.options import BackendOptions
+from localfleet.paths import WAV
 from localfleet.proto import backend_pb2 as pb
 
 CHANNELS = 1
@@ -115,6 +116,8 @@ class Written:
 def require_text(text: str, limit: int = MAX_CHARS) -> str:
     if not text.strip():
         raise BadInput("text is empty or only whitespace; send the words to speak")
+    if "\0" in text:  # phonemizers take C strings: a NUL would end the text early, or fail inside
+        raise BadInput(f"text has a null character at offset {text.index(chr(0))}; send plain text")
     if len(text) > limit:
         raise BadInput(
             f"text {excerpt(text, 40)} is over the limit of {limit} characters a request: send it in "
@@ -173,7 +176,7 @@ def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Wri
     try:
         handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     except OSError as exc:
-        raise EngineFailure(
+        raise Unwritable(
             f"cannot write in {str(dst.parent)!r}: {exc.strerror or exc} (this backend runs as uid "
             f"{os.getuid()}; the folder must be writable by it)"
         ) from None
@@ -297,7 +300,7 @@ class SpeechBackend(Backend):
 
     async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
         require_text(request.text, self.max_chars)
-        dst = await call.run(call.paths.writable, request.dst, "dst")  # file system calls: off the loop
+        dst = await call.run(call.paths.writable, request.dst, "dst", WAV)  # file system calls: off the loop
         utterance = await self._resolve(request, call)
         try:
             written = await call.run(write_wav, dst, utterance, call.raise_if_stopped)

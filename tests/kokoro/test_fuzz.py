@@ -21,15 +21,6 @@ TEXT_CHARS = 40
 pytestmark = pytest.mark.timeout(600)
 
 
-#: what the fuzzer finds here today, each failing one check until it is fixed
-BUGS = {
-    "no_internal": (
-        "kokoro: a LoadModel Model name ending in .onnx and over 255 bytes is INTERNAL (OSError: File name "
-        "too long, from refuse's Path.is_file), e.g. LoadModel(ModelOptions(Model='x' * 300 + '.onnx'))"
-    ),
-}
-
-
 def tame(rpc: str, request: Message) -> None:
     if isinstance(request, pb.TTSRequest):
         request.text = request.text[:TEXT_CHARS]

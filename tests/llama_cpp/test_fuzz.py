@@ -18,14 +18,6 @@ PER_RPC = 40
 #: new tokens a generation may ask for: more is slower, not different
 MAX_TOKENS = 8
 TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
-#: what the fuzzer finds here today, each failing one check until it is fixed
-BUGS = {
-    "rss_within_bound": (
-        "llama-cpp: LoadModel with a ContextSize far past the model's (512000 for Gemma 3 270M, trained "
-        "on 32768) allocates its KV cache: RSS past 3 GiB (where the fuzzer stops it), e.g. "
-        "LoadModel(load_request(gemma, ContextSize=512000))"
-    ),
-}
 
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)
@@ -63,7 +55,9 @@ def target(folder: Path, per_rpc: int = PER_RPC, gguf: Path | None = None) -> fu
         fuzzing.served(LlamaCpp),
         [fuzzing.Stage(model, seeds)],
         folder,
-        rss_bound=1536 * MiB,
+        # a load beside the serving model holds two models and two KV caches for a moment (ContextSize up
+        # to the 32768 Gemma was trained on: 0.9 GiB each)
+        rss_bound=2560 * MiB,
         per_rpc=per_rpc,
         counts={"LoadModel": max(20, per_rpc // 3)},
         tame=tame,
@@ -77,6 +71,6 @@ def report(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> fuzzing.Rep
     return fuzzing.run(target(tmp_path_factory.mktemp("fuzz"), gguf=gemma))
 
 
-@pytest.mark.parametrize("check", fuzzing.params(BUGS))
+@pytest.mark.parametrize("check", fuzzing.params())
 def test_fuzz(report: fuzzing.Report, check: str) -> None:
     report.check(check)

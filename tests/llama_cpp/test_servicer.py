@@ -511,6 +511,22 @@ async def test_a_file_that_is_not_a_gguf_is_refused_fast(llama: Served, tmp_path
     await still_serving(llama)
 
 
+async def test_a_gguf_that_fails_to_load_is_tried_beside_the_serving_model(
+    llama: Served, tmp_path: Path
+) -> None:
+    # GGUF magic, then nothing llama.cpp can read: it passes refuse() and fails inside llama.cpp.
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
+    started = time.perf_counter()
+    result = await llama.client.backend.LoadModel(load_request(broken))
+    assert not result.success
+    assert result.message.endswith("serves on (the load was tried beside it)"), result.message
+    assert time.perf_counter() - started < 5  # no second load of the serving model
+    status = await llama.client.backend.Status(pb.HealthMessage())
+    assert status.state == pb.StatusResponse.READY
+    await still_serving(llama)
+
+
 @pytest.mark.parametrize(
     ("option", "fields", "expected"),
     [

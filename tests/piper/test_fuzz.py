@@ -16,21 +16,7 @@ PER_RPC = 60
 #: TTS speaks all its text before it answers: longer texts are slow, not hung (TTSStream is cancelled
 #: after a few chunks, so it keeps its long texts)
 TTS_CHARS = 120
-#: what the fuzzer finds here today, each failing one check until it is fixed
-BUGS = {
-    "no_internal": (
-        "piper: text with a NUL character is INTERNAL (ValueError: embedded null character), e.g. "
-        "TTSStream(TTSRequest(text='Hello\\x00there. How are you?')); a LoadModel Model name over 255 bytes "
-        "is INTERNAL (OSError: File name too long, from _voice_file), e.g. "
-        "LoadModel(ModelOptions(Model='en_US-joe-medium.onnx' * 200))"
-    ),
-    "rss_within_bound": (
-        "piper: memory follows the speech a piece makes, not its characters: 135 CJK characters (or "
-        "emoji) in one piece come out as 85 s of audio in one run, and RSS peaks near 1.9 GiB, e.g. "
-        "TTSStream(TTSRequest(text='字' * 135))"
-    ),
-}
-#: the request behind the memory bug above, sent every run (the random ones find it only in long runs)
+#: a request that once took 1.9 GiB (one run of 1,649 phonemes), sent every run: random ones rarely find it
 KNOWN = [("TTSStream", pb.TTSRequest(text="字" * 135))]
 
 #: the whole run happens in the first check's setup

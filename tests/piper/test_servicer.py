@@ -90,14 +90,30 @@ async def test_tts_replaces_an_existing_file_and_leaves_no_temporary_file(piper:
     folder = roots / "replace"
     folder.mkdir()
     dst = folder / "out.wav"
-    dst.write_bytes(b"old")
+    assert (await tts(piper, dst, "Old.")).success
+    old = read_wav(dst).frames
     assert (await tts(piper, dst)).success
-    assert read_wav(dst).frames > 0
+    assert read_wav(dst).frames not in (0, old)
     assert [p.name for p in folder.iterdir()] == ["out.wav"]
     # Permissions of any new file (not a private temporary's 0600): core may read it as another user.
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(dst.stat().st_mode) == 0o666 & ~umask
+
+
+async def test_tts_never_replaces_a_file_that_is_not_a_wav(piper: Served, roots: Path) -> None:
+    # Without roots, a dst once replaced a 0600 authorized_keys with a WAV (now 0644).
+    keys = roots / "keys.wav"
+    keys.write_bytes(b"ssh-ed25519 AAAA")
+    keys.chmod(0o600)
+    for dst in (keys, roots / "speech.mp3"):
+        with pytest.raises(GRPCError) as err:
+            await piper.client.backend.TTS(pb.TTSRequest(text="Hello.", dst=str(dst)))
+        assert err.value.status == Status.INVALID_ARGUMENT
+        assert "WAV" in (err.value.message or "")
+    assert keys.read_bytes() == b"ssh-ed25519 AAAA"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert not (roots / "speech.mp3").exists()
 
 
 async def test_a_stopped_tts_leaves_no_file(piper: Served, roots: Path) -> None:
@@ -131,6 +147,26 @@ async def test_a_thousand_words_without_punctuation_take_bounded_memory(brisk: S
     while rss() - peak.start > 128 * MiB and time.monotonic() < deadline:
         await asyncio.sleep(0.1)  # a pause between polls of a bounded wait
     assert rss() - peak.start <= 128 * MiB, f"RSS stayed {(rss() - peak.start) / MiB:.0f} MiB up"
+
+
+async def test_characters_that_make_many_phonemes_take_bounded_memory(brisk: Served, roots: Path) -> None:
+    # espeak reads each CJK character as words: 135 of them in one sentence made 1,649 phonemes, 86 s of
+    # audio in one run and a 1.9 GiB peak; runs of bounded phonemes keep it to one run's.
+    dst = roots / "cjk.wav"
+    assert (await tts(brisk, dst)).success  # espeak-ng and ONNX Runtime set up: once in a process
+    with peak_rss() as peak:
+        result = await tts(brisk, dst, "\u5b57" * 135)
+    assert result.success, result.message
+    assert read_wav(dst).seconds > 20  # all of it spoken, not cut short
+    assert peak.growth < 384 * MiB, f"peak RSS grew by {peak.growth / MiB:.0f} MiB"
+
+
+async def test_text_with_a_null_character_is_refused_and_piper_serves_on(piper: Served, roots: Path) -> None:
+    with pytest.raises(GRPCError) as err:
+        await piper.client.backend.TTS(pb.TTSRequest(text="Hello\0there.", dst=str(roots / "nul.wav")))
+    assert err.value.status == Status.INVALID_ARGUMENT
+    assert "null character at offset 5" in (err.value.message or "")
+    assert (await tts(piper, roots / "after.wav")).success
 
 
 # -- TTSStream ---------------------------------------------------------------------------------

@@ -13,13 +13,6 @@ from tests import fuzzing
 from tests.transformers.models import build_cross_encoder
 
 PER_RPC = 80
-#: what the fuzzer finds here today, each failing one check until it is fixed
-BUGS = {
-    "no_internal": (
-        "shared folder_refusal (localfleet/backend.py): a LoadModel Model name over 255 bytes is INTERNAL "
-        "(OSError: File name too long from Path.is_file), e.g. LoadModel(ModelOptions(Model='i' * 1_000_000))"
-    ),
-}
 
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)

@@ -100,6 +100,32 @@ async def test_a_model_it_cannot_serve_is_refused_at_once(served: Served, workbe
     assert workbench.loaded is None
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"Model": "i" * 300}, "Model 'iii"),
+        ({"Model": "org/" + "n" * 4100}, "is too long for this file system"),
+        (
+            {"Model": "bench-model", "ModelFile": "/models/a\0b.gguf"},
+            "ModelFile '/models/a\\x00b.gguf' contains a null byte",
+        ),
+    ],
+)
+async def test_a_name_no_file_system_holds_is_refused_before_the_backend_looks(
+    served: Served, workbench: Workbench, fields: dict[str, str], reason: str
+) -> None:
+    # Backends stat model names; the OS's refusal of such a name used to surface as INTERNAL.
+    result = await served.client.backend.LoadModel(
+        pb.ModelOptions(Model=fields["Model"], ModelFile=fields.get("ModelFile", ""))
+    )
+    assert not result.success
+    assert reason in result.message
+    assert "too long" in result.message or "null byte" in result.message
+    assert len(result.message) < 600  # the name is quoted as a short prefix
+    assert workbench.loaded is None
+    assert (await load(served)).success  # and the backend serves on
+
+
 async def test_a_failed_load_is_reported_and_status_is_error(served: Served) -> None:
     result = await load(served, Options=["fail:true"])
     assert not result.success
@@ -132,6 +158,43 @@ async def test_a_failed_replacement_loads_the_old_model_again(loaded: Served, wo
     assert reply.message == b"still:1"
     status = await loaded.client.backend.Status(pb.HealthMessage())
     assert status.state == pb.StatusResponse.READY
+
+
+class BesideBench(Workbench):
+    loads_beside = True  # its load() keeps the old model until the new one is in place
+
+
+async def test_a_failed_load_beside_the_serving_model_leaves_it_serving_untouched(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(b"w" * 1024)
+    second.write_bytes(b"w" * 2048)
+    bench = BesideBench()
+    async with serving(bench) as served:
+        assert (await load(served, str(first))).success
+        result = await load(served, str(second), Options=["fail:true"])
+        assert not result.success
+        assert "the workbench was told to fail" in result.message
+        assert result.message.endswith("serves on (the load was tried beside it)")
+        assert bench.unloads == 0  # never released, never loaded again
+        assert bench.loaded == str(first)
+        status = await served.client.backend.Status(pb.HealthMessage())
+        assert status.state == pb.StatusResponse.READY
+        reply = await served.client.backend.Predict(pb.PredictOptions(Prompt="still", Tokens=1))
+        assert reply.message == b"still:1"
+
+
+async def test_a_model_without_room_beside_is_loaded_after_a_release_and_the_load_says_why(
+    tmp_path: Path,
+) -> None:
+    first = tmp_path / "first.bin"
+    first.write_bytes(b"w")
+    bench = BesideBench()
+    async with serving(bench) as served:
+        assert (await load(served, str(first))).success
+        result = await load(served, "org/hub-model")  # no size here: not loaded beside
+        assert result.success, result.message
+        assert "was released first: the size of 'org/hub-model' is not known here" in result.message
+        assert bench.unloads == 1
 
 
 async def test_calls_during_a_load_hear_the_model_is_loading(served: Served, workbench: Workbench) -> None:

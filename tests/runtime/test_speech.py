@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from grpclib.const import Status
 
 from localfleet import speech
+from localfleet.errors import Unwritable
 from localfleet.speech import Utterance, write_wav
 
 HEADER = b"RIFF\x24\x00\x00\x00WAVEfmt "
@@ -90,3 +92,11 @@ def test_a_write_removes_stale_leftovers_of_killed_writes_and_nothing_else(tmp_p
     assert set(tmp_path.iterdir()) == kept | {tmp_path / "new.wav"}
     assert not any(path.exists() for path in removed)
     assert target.read_bytes() == wav
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no file can be made in")
+def test_a_folder_no_file_can_be_made_in_is_a_precondition_not_an_engine_fault() -> None:
+    # /proc/x.wav was INTERNAL: the path is the caller's or the deployment's to fix.
+    with pytest.raises(Unwritable, match=r"cannot write in '/proc'") as err:
+        write_wav(Path("/proc/x.wav"), tone(), no_stop)
+    assert err.value.status == Status.FAILED_PRECONDITION

@@ -192,6 +192,19 @@ async def test_a_hub_id_that_cannot_be_fetched_fails_fast_and_the_model_keeps_se
     assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
 
 
+async def test_a_folder_that_fails_to_load_is_tried_beside_the_serving_model(
+    embedder: Served, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": "many"}')
+    result = await embedder.client.backend.LoadModel(pb.ModelOptions(Model=str(broken)))
+    assert not result.success
+    assert result.message.endswith("serves on (the load was tried beside it)"), result.message
+    food, bread = [vector(await embed(embedder, t)) for t in (FOOD, BREAD)]
+    assert cosine(food, bread) == pytest.approx(0.7553, abs=0.001)
+
+
 async def test_a_single_file_model_is_refused(embedder: Served, tmp_path: object) -> None:
     result = await embedder.client.backend.LoadModel(pb.ModelOptions(Model="gemma3-270m.gguf"))
     assert not result.success

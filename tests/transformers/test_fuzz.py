@@ -19,16 +19,6 @@ from tests.transformers.models import build_tiny_llama
 PER_RPC = 80
 #: new tokens a generation may ask for: more is slower, not different
 MAX_TOKENS = 8
-#: what the fuzzer finds here today, each failing one check until it is fixed
-BUGS = {
-    "no_internal": (
-        "transformers: sampling values are not checked before generation, so Temperature=nan, MinP=inf or "
-        "extreme penalties are INTERNAL (ValueError / RuntimeError from generate), e.g. "
-        "Predict(PredictOptions(Prompt='Hi', Tokens=8, Temperature=float('nan'))) or MinP=1.5; and "
-        "shared folder_refusal (localfleet/backend.py): a LoadModel Model name over 255 bytes is INTERNAL "
-        "(OSError: File name too long), e.g. LoadModel(ModelOptions(Model='i' * 1_000_000))"
-    ),
-}
 
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)

@@ -172,6 +172,25 @@ async def test_an_unknown_chat_role_is_invalid_argument(llm: Served) -> None:
     assert (await predict(llm, Prompt=PROMPT, Tokens=2)).message  # still serving
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"Temperature": float("nan")}, "Temperature is nan"),
+        ({"Temperature": 0.7, "MinP": float("inf")}, "MinP is inf"),
+        ({"Temperature": 0.7, "MinP": 1.5}, "MinP is 1.5"),
+        ({"Penalty": 1e30}, "Penalty is 1e+30"),
+    ],
+)
+async def test_sampling_values_generate_cannot_take_are_invalid_argument(
+    llm: Served, fields: dict[str, float], named: str
+) -> None:
+    # These reached generate() and came back INTERNAL with a traceback.
+    err = await error_of(predict(llm, Prompt="Hi", Tokens=4, **fields))
+    assert err.status == Status.INVALID_ARGUMENT
+    assert named in (err.message or "")
+    assert (await predict(llm, Prompt="Hi", Tokens=2)).tokens > 0
+
+
 async def test_a_prompt_longer_than_the_context_names_both_numbers(
     llm: Served, bare: tuple[Any, Any]
 ) -> None:

@@ -30,6 +30,7 @@ from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure
 from localfleet.inputs import excerpt
 from localfleet_llama_cpp.chat_output import family_of, opens_reasoning, partial_suffix
+from localfleet_llama_cpp.context import context_for, trained_context
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,13 @@ class Engine:
         threads = _threads(spec.threads)
         cache_k = _cache_type("CacheTypeKey", spec.cache_type_k)
         cache_v = _cache_type("CacheTypeValue", spec.cache_type_v)
+        self.context = context_for(spec.context_size, trained_context(spec.path), spec.rope_freq_scale)
+        if self.context.note:
+            log.warning("%s", self.context.note)
         try:
             self.llm = llama_cpp.Llama(
                 model_path=spec.path,
-                n_ctx=spec.context_size,
+                n_ctx=self.context.tokens,
                 n_batch=spec.batch,
                 n_ubatch=spec.batch,
                 n_threads=threads,
@@ -212,6 +216,7 @@ class Engine:
             f"chat template from {where} ({self.family.value} tool calls)"
             + (f", {len(self._loras)} LoRA adapter(s)" if self._loras else "")
             + (", multimodal projector" if self._mtmd is not None else "")
+            + (f"; {self.context.note}" if self.context.note else "")
         )
 
     def close(self) -> None:
@@ -222,6 +227,10 @@ class Engine:
             self._mtmd = None
         self.llm.close()  # the context, then the model, which frees its LoRA adapters with it
         self._loras = []
+
+    def offloads(self) -> bool:
+        """Whether layers of this model sit in a GPU's memory (a GPU build asked for any)."""
+        return self.spec.gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
 
     def memory(self) -> dict[str, int]:
         # Read-only model figure: Status may ask while a generation runs on the context.

@@ -19,13 +19,14 @@ from pydantic import BaseModel, Field
 
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
-from localfleet.errors import BadInput
+from localfleet.errors import BackendError, BadInput
 from localfleet.inputs import excerpt, parse_json
+from localfleet.llm import limits
+from localfleet.llm.limits import bounded
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
-from localfleet_llama_cpp import bundled, limits
+from localfleet_llama_cpp import bundled
 from localfleet_llama_cpp.chat_output import ChatOutputParser, Delta, Family, parse
-from localfleet_llama_cpp.limits import bounded
 
 if TYPE_CHECKING:
     from localfleet_llama_cpp.engine import Engine, Prompt, Sampling, Step
@@ -34,6 +35,7 @@ GGUF_MAGIC = b"GGUF"
 _FLASH = {"on": True, "true": True, "enabled": True, "1": True, "off": False, "false": False,
           "disabled": False, "0": False, "auto": False, "": False}  # fmt: skip
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+DEFAULT_CONTEXT = 4096  # core's own default, for a request without ContextSize
 
 
 class LlamaOptions(BackendOptions):
@@ -65,6 +67,7 @@ class LlamaCpp(Backend):
     name = "llama-cpp"
     Options = LlamaOptions
     default_concurrency = 1  # one context, one sequence: the runtime's queue serves the rest in order
+    loads_beside = True  # load() builds the new engine before it closes the old
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
@@ -98,7 +101,7 @@ class LlamaCpp(Backend):
             path = bundled.locate(model.path, model.model_dir)
         spec = LoadSpec(
             path=path,
-            context_size=request.ContextSize if request.ContextSize > 0 else 4096,
+            context_size=request.ContextSize if request.ContextSize > 0 else DEFAULT_CONTEXT,
             batch=request.NBatch if request.NBatch > 0 else 512,
             threads=request.Threads,
             gpu_layers=-1 if request.NGPULayers < 0 else request.NGPULayers,
@@ -116,9 +119,27 @@ class LlamaCpp(Backend):
             chat_template=options.chat_template or "",
             nice=options.nice,
         )
-        self._engine = Engine(spec)
-        self._options = options
-        return self._engine.describe()
+        engine = Engine(spec)  # the serving engine stays in place until this one is built
+        old, self._engine, self._options = self._engine, engine, options
+        if old is not None:
+            old.close()
+        return engine.describe()
+
+    def beside_refusal(self, model: ModelRef, request: pb.ModelOptions) -> str | None:
+        engine = self._engine
+        if engine is not None and engine.offloads():
+            return "the model serving now is on a GPU, which rarely holds two"
+        return super().beside_refusal(model, request)
+
+    def working_bytes(self, model: ModelRef, request: pb.ModelOptions) -> int:
+        from localfleet_llama_cpp.context import context_for, shape
+
+        try:
+            model_shape = shape(model_path(model))
+        except (OSError, BackendError):
+            return 0  # the load names what is wrong with the file
+        asked = request.ContextSize if request.ContextSize > 0 else DEFAULT_CONTEXT
+        return model_shape.kv_bytes(context_for(asked, model_shape.context, request.RopeFreqScale).tokens)
 
     def unload(self) -> str:
         engine, self._engine = self._engine, None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 
@@ -15,6 +16,14 @@ from localfleet.speech import PIECE_CHARS, split_text
 #: a run on more phoneme ids than this (about 120 characters: a pad follows each phoneme) hands the
 #: memory it grew ONNX Runtime's arena by back to the system; shorter ones keep it for the next
 SHRINK_ABOVE_IDS = 256
+#: the most phonemes one run synthesizes (about 12 s of speech, what 200 English characters make):
+#: a run's memory follows its audio, and a few characters can make many phonemes (espeak reads each CJK
+#: character or emoji as words: 135 of them were 1,649 phonemes, 86 s, 1.9 GiB in one run)
+RUN_PHONEMES = 256
+#: the phoneme between words, where a long sentence is cut
+WORD_BREAK = " "
+#: the largest s16 sample Piper writes
+FULL_SCALE = 32767.0
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,11 @@ class Voice:
     _voice: PiperVoice
 
     def pcm(self, text: str, speaker_id: int | None, tuning: Tuning) -> Iterator[bytes]:
-        """s16le mono PCM, one chunk per sentence as it is synthesized.
+        """s16le mono PCM, one chunk per run of phonemes as it is synthesized.
 
-        The text goes to Piper a bounded piece at a time: one run's memory grows with its length.
+        Piper's own `synthesize` runs a whole sentence at once, and a run's memory follows the audio it
+        makes: here the text is phonemized a bounded piece at a time, and each sentence synthesized in
+        runs of bounded phonemes, shorter for slower speech.
         """
         config = SynthesisConfig(
             speaker_id=speaker_id,
@@ -50,14 +61,20 @@ class Voice:
             noise_scale=tuning.noise_scale,
             noise_w_scale=tuning.noise_w_scale,
         )
-        for piece in split_text(text, self.piece_chars(tuning)):
-            for chunk in self._voice.synthesize(piece, syn_config=config):
-                yield chunk.audio_int16_bytes
-
-    def piece_chars(self, tuning: Tuning) -> int:
-        """Shorter pieces for slower speech: a run's memory grows with the audio it makes."""
         slower = tuning.length_scale if tuning.length_scale is not None else self.length_scale
-        return max(1, int(PIECE_CHARS / max(1.0, slower)))
+        limit = max(1, int(RUN_PHONEMES / max(1.0, slower)))
+        for piece in split_text(text, PIECE_CHARS):
+            for sentence in self._voice.phonemize(piece):
+                for run in bounded(sentence, limit):
+                    ids = self._voice.phonemes_to_ids(run)
+                    yield _int16(self._voice.phoneme_ids_to_audio(ids, config))
+
+
+def _int16(audio: Any) -> bytes:
+    """Piper's float audio as s16le, scaled to full range as its `synthesize` does (normalize_audio)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    scaled = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+    return bytes(np.clip(scaled * FULL_SCALE, -FULL_SCALE, FULL_SCALE).astype("<i2").tobytes())
 
 
 class _Shrinking:
@@ -80,6 +97,18 @@ class _Shrinking:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
+
+
+def bounded(phonemes: list[str], limit: int = RUN_PHONEMES) -> list[list[str]]:
+    """A sentence's phonemes in runs of at most `limit`, each cut after its last word break if it has
+    one; each run is synthesized (and normalized) as a sentence of its own."""
+    runs: list[list[str]] = []
+    while len(phonemes) > limit:
+        head = phonemes[:limit]
+        cut = len(head) - head[::-1].index(WORD_BREAK) if WORD_BREAK in head[1:] else limit
+        runs.append(phonemes[:cut])
+        phonemes = phonemes[cut:]
+    return [*runs, phonemes] if phonemes else runs
 
 
 def load(path: Path, config: Path, use_cuda: bool = False) -> Voice:

@@ -19,6 +19,7 @@ from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.inputs import parse_json
+from localfleet.llm import limits
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Transformers(Backend):
         "Predict": "max_generations",
         "PredictStream": "max_generations",
     }
+    loads_beside = True  # load() builds the new model before it releases the old
 
     def __init__(self) -> None:
         self._model: TextModel | None = None
@@ -86,15 +88,15 @@ class Transformers(Backend):
             )
         )
         limits = options.batch_limits()
-        self._model = loaded
-        self._batcher = Batcher(
+        batcher = Batcher(
             loaded.embed,
             limits,
             name="transformers-embed",
             cost=len,
             max_cost=BATCH_WINDOWS * loaded.window.chars,
         )
-        self._options = options
+        self.unload()  # the serving model stays in place until the new one is built
+        self._model, self._batcher, self._options = loaded, batcher, options
         return (
             f"{loaded.kind} model {loaded.name} on {loaded.device}, context {loaded.context} tokens, "
             f"embedding batches of up to {limits.max_size} within {limits.window * 1e3:g} ms"
@@ -214,11 +216,11 @@ def _sampling(request: pb.PredictOptions, default_tokens: int) -> Sampling:
         raise BadInput(f"Tokens must be >= 0 (0 = the backend default), got {request.Tokens}")
     return Sampling(
         max_new_tokens=request.Tokens or default_tokens,
-        temperature=request.Temperature,
-        top_p=request.TopP,
-        top_k=request.TopK,
-        min_p=request.MinP,
-        repetition_penalty=request.Penalty,
+        temperature=limits.temperature(request.Temperature),
+        top_p=request.TopP,  # outside (0, 1): off
+        top_k=request.TopK,  # 0 or less: off
+        min_p=limits.probability("MinP", request.MinP),
+        repetition_penalty=limits.penalty(request.Penalty),
         seed=request.Seed,
         stop_strings=tuple(request.StopPrompts),
         ignore_eos=request.IgnoreEOS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localfleet.errors import BadInput
-from localfleet_llama_cpp import limits
+from localfleet.llm import limits
 
 
 def nested(depth: int) -> str:

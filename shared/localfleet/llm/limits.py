@@ -1,10 +1,11 @@
-"""Bounds on what a request may hand llama.cpp's native code, checked in Python before it gets there.
+"""Bounds on what a request may hand an LLM engine, checked in Python before it gets there.
 
-llama.cpp's GBNF parser recurses once per nested group, and its left-recursion check once per rule in a
-chain: on a worker thread's 8 MiB stack, 20,000 nested groups or a 100,000-rule chain end the process
-with SIGSEGV (10,000 and 30,000 pass). Python's json and the chat template's `tojson` recurse per level
-too, and raise RecursionError near 1,000. The limits below sit far under all of these and far above
-what real requests use, so a hostile request gets INVALID_ARGUMENT and the model keeps serving.
+Measured on llama.cpp, whose native code is the least forgiving: its GBNF parser recurses once per
+nested group, and its left-recursion check once per rule in a chain: on a worker thread's 8 MiB stack,
+20,000 nested groups or a 100,000-rule chain end the process with SIGSEGV (10,000 and 30,000 pass).
+Python's json and the chat template's `tojson` recurse per level too, and raise RecursionError near
+1,000. The limits below sit far under all of these and far above what real requests use, so a hostile
+request gets INVALID_ARGUMENT and the model keeps serving.
 """
 
 from __future__ import annotations
@@ -116,6 +117,20 @@ def bounded(field: str, value: float, *, least: float = 0.0) -> float:
         raise BadInput(f"{field} is {value:g}; send a number between -{most} and {most}")
     if value and abs(value) < least:
         raise BadInput(f"{field} is {value:g}; send 0 (off) or at least {least:g}")
+    return value
+
+
+def probability(field: str, value: float) -> float:
+    """A probability cut-off (TopP, MinP, TypicalP): finite, within [0, 1]; 0 leaves it off."""
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise BadInput(f"{field} is {value:g}; send a number between 0 and 1 (0 leaves it off)")
+    return value
+
+
+def count(field: str, value: int, most: int) -> int:
+    """A count such as TopK: 0 (off) up to `most`."""
+    if not 0 <= value <= most:
+        raise BadInput(f"{field} is {value}; send 0 (off) up to {most}")
     return value
 
 
