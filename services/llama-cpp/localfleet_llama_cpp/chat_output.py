@@ -25,7 +25,9 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any
+
+from localfleet.llm.stops import partial_suffix
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -306,11 +308,3 @@ def _call_from(value: Any) -> tuple[str, str, str | None] | None:
         arguments = json.dumps(arguments, ensure_ascii=False)
     call_id = value.get("id")
     return name, arguments, call_id if isinstance(call_id, str) and call_id else None
-
-
-def partial_suffix(text: AnyStr, marker: AnyStr) -> int:
-    """Length of the longest end of `text` that is a proper start of `marker` (text to hold back)."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0

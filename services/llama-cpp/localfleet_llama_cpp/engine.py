@@ -29,7 +29,9 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure
 from localfleet.inputs import excerpt
-from localfleet_llama_cpp.chat_output import family_of, opens_reasoning, partial_suffix
+from localfleet.llm.chat import check_roles
+from localfleet.llm.stops import release
+from localfleet_llama_cpp.chat_output import family_of, opens_reasoning
 from localfleet_llama_cpp.context import context_for, trained_context
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,6 @@ CHATML_TEMPLATE = (
 )
 CHATML_STOP = "<|im_end|>"
 
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _RESERVED = frozenset(
     {"messages", "tools", "tool_choice", "functions", "function_call", "add_generation_prompt"}
 )
@@ -317,12 +318,7 @@ class Engine:
         variables: dict[str, Any] | None = None,
     ) -> str:
         """The chat rendered with the model's template, ending with the assistant's turn opened."""
-        for index, message in enumerate(messages):
-            if message["role"] not in ROLES:
-                raise BadInput(
-                    f"Messages[{index}].role {excerpt(message['role'])} is not a chat role; use one of "
-                    f"{', '.join(ROLES)}"
-                )
+        check_roles(messages)
         extra = {k: v for k, v in (variables or {}).items() if k not in _RESERVED}
         try:
             rendered = self._formatter(
@@ -490,7 +486,8 @@ class Engine:
                 produced += 1
                 logprobs = [self._logprob(token, sampling.top_logprobs)] if want_logprobs else []
                 held += self.piece(token)
-                cut, finish = _release(held, stops)
+                cut, stopped = release(held, stops)
+                finish = "stop" if stopped else None
                 if finish is None and produced >= budget:
                     cut, finish = len(held), "length"
                 released, held = held[:cut], held[cut:]
@@ -688,14 +685,6 @@ class Engine:
         if norm > 0:
             vector = vector / norm
         return [float(v) for v in vector], len(ids)
-
-
-def _release(held: bytes, stops: list[bytes]) -> tuple[int, str | None]:
-    """How much of `held` can go out now, and "stop" when a stop string was found (cut before it)."""
-    first = min((at for s in stops if (at := held.find(s)) >= 0), default=-1)
-    if first >= 0:
-        return first, "stop"
-    return len(held) - max((partial_suffix(held, s) for s in stops), default=0), None
 
 
 def _allows(grammar: Any, token: int) -> bool:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BackendError, BadInput
-from localfleet.inputs import excerpt, parse_json
+from localfleet.inputs import excerpt
+from localfleet.llm import chat as chat_input
 from localfleet.llm import limits
 from localfleet.llm.limits import bounded
 from localfleet.options import BackendOptions
@@ -200,16 +201,16 @@ class LlamaCpp(Backend):
         chat = bool(request.UseTokenizerTemplate and request.Messages)
         tools = False
         if chat:
-            tool_list = _tools(request.Tools)
-            choice = _tool_choice(request.ToolChoice)
+            tool_list = chat_input.tools(request.Tools)
+            choice = chat_input.tool_choice(request.ToolChoice)
             if choice == "none":
                 tool_list = None
             tools = bool(tool_list)
             text = engine.render(
-                [_message(i, m) for i, m in enumerate(request.Messages)],
+                chat_input.messages(request),
                 tools=tool_list,
                 tool_choice=choice,
-                variables={k: _template_value(v) for k, v in request.Metadata.items()},
+                variables=chat_input.variables(request.Metadata),
             )
         else:
             text = request.Prompt
@@ -310,58 +311,10 @@ def _flash_attention(value: str) -> bool:
     return _FLASH[key]
 
 
-def _json(field: str, text: str) -> Any:
-    limits.check_json(field, text)  # json.loads and the template's tojson recurse per level: bound it first
-    return parse_json(text, field)
-
-
-def _tools(text: str) -> list[Any] | None:
-    if not text.strip():
-        return None
-    tools = _json("Tools", text)
-    if not isinstance(tools, list):
-        raise BadInput('Tools must be a JSON list of OpenAI tools ([{"type": "function", ...}])')
-    return tools or None
-
-
-def _tool_choice(text: str) -> Any:
-    if not text.strip():
-        return None
-    limits.check_json("ToolChoice", text)
-    try:
-        return json.loads(text)
-    except ValueError:  # not JSON (or a number past Python's 4300 digits)
-        return text.strip()  # a bare auto / none / required
-
-
-def _message(index: int, message: pb.Message) -> dict[str, Any]:
-    item: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name:
-        item["name"] = message.name
-    if message.tool_call_id:
-        item["tool_call_id"] = message.tool_call_id
-    if message.reasoning_content:
-        item["reasoning_content"] = message.reasoning_content
-    if message.tool_calls:
-        calls = _json(f"Messages[{index}].tool_calls", message.tool_calls)
-        if not isinstance(calls, list):
-            raise BadInput(f"Messages[{index}].tool_calls must be a JSON list of OpenAI tool calls")
-        item["tool_calls"] = calls
-    return item
-
-
-def _template_value(value: str) -> Any:
-    """Metadata strings as a template expects them: "true"/"false" become booleans (enable_thinking)."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    return value
-
-
 def _logit_bias(text: str, n_vocab: int) -> dict[int, float]:
     if not text.strip():
         return {}
-    raw = _json("LogitBias", text)
+    raw = chat_input.parsed_json("LogitBias", text)
     if not isinstance(raw, dict):
         raise BadInput('LogitBias must be a JSON object of token id to bias, e.g. {"15043": -100}')
     if len(raw) > limits.MAX_LOGIT_BIAS:

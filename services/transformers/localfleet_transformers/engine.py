@@ -8,7 +8,6 @@ LM (generation with the model's chat template; embeddings by the same mean pooli
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,9 @@ from transformers.utils import logging as hf_logging
 
 from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
-from localfleet.inputs import excerpt, parse_json
+from localfleet.llm import chat as chat_input
+from localfleet.llm.chat import check_roles
+from localfleet.llm.stops import StopText
 from localfleet.window import Window
 
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
@@ -42,7 +43,6 @@ Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
 #: shortest (or all are below SHORT_TEXT characters): padding to one long text would slow every short one
 SIMILAR_LENGTH = 2
 SHORT_TEXT = 256
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -222,12 +222,9 @@ class TextModel:
             raise BadInput(
                 "UseTokenizerTemplate is set but this model has no chat template; send a templated Prompt"
             )
-        for index, message in enumerate(messages):
-            if message["role"] not in CHAT_ROLES:
-                known = ", ".join(sorted(CHAT_ROLES))
-                raise BadInput(f"Messages[{index}] has role {excerpt(message['role'])}; known roles: {known}")
-        extra: dict[str, Any] = {k: _template_value(v) for k, v in metadata.items()}
-        tool_list = parse_json(tools, "Tools") if tools else None
+        check_roles(messages)
+        extra = chat_input.variables(metadata)
+        tool_list = chat_input.tools(tools)
         try:
             rendered = self.tokenizer.apply_chat_template(
                 messages, tools=tool_list, add_generation_prompt=True, tokenize=False, **extra
@@ -281,7 +278,7 @@ class TextModel:
             torch.manual_seed(sampling.seed)  # process-wide RNG: generations on one model are serialised
         thread = threading.Thread(target=run, name="generate", daemon=True)
         thread.start()
-        held = _StopText(sampling.stop_strings)
+        held = StopText(sampling.stop_strings)
         try:
             for text in streamer:
                 out, matched = held.feed(text)
@@ -370,34 +367,6 @@ class _Watch(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-class _StopText:
-    """Holds back text that may be the start of a stop string, so no part of a stop string is sent."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.buffer = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        self.buffer += text
-        if not self.stops:
-            out, self.buffer = self.buffer, ""
-            return out, False
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
-            return out, True
-        keep = max(
-            (k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0
-        )
-        cut = len(self.buffer) - keep
-        out, self.buffer = self.buffer[:cut], self.buffer[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
-        return out
-
-
 def _similar_lengths(texts: list[str]) -> list[list[int]]:
     """Indexes of `texts` in groups of similar length, shortest first."""
     groups: list[list[int]] = []
@@ -421,13 +390,3 @@ def _model_context(model: Any, tokenizer: PreTrainedTokenizerBase) -> int:
             return value
     length = tokenizer.model_max_length
     return int(length) if isinstance(length, int) and 0 < length < 10**9 else 2048
-
-
-def _template_value(value: str) -> Any:
-    """Metadata values are strings; chat templates test booleans (`enable_thinking`)."""
-    lowered = value.strip().lower()
-    if lowered in {"true", "false"}:
-        return lowered == "true"
-    with contextlib.suppress(ValueError):
-        return int(value)
-    return value

@@ -18,7 +18,7 @@ from localfleet.backend import Backend, ModelRef, folder_refusal
 from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
-from localfleet.inputs import parse_json
+from localfleet.llm import chat as chat_input
 from localfleet.llm import limits
 from localfleet.proto import backend_pb2 as pb
 
@@ -195,18 +195,7 @@ def _prompt_ids(
 
 
 def _messages(request: pb.PredictOptions) -> list[dict[str, Any]] | None:
-    if not request.Messages:
-        return None
-    messages: list[dict[str, Any]] = []
-    for index, m in enumerate(request.Messages):
-        message: dict[str, Any] = {"role": m.role, "content": m.content}
-        for key in ("name", "tool_call_id", "reasoning_content"):
-            if value := getattr(m, key):
-                message[key] = value
-        if m.tool_calls:
-            message["tool_calls"] = parse_json(m.tool_calls, f"Messages[{index}].tool_calls")
-        messages.append(message)
-    return messages
+    return chat_input.messages(request) if request.Messages else None
 
 
 def _sampling(request: pb.PredictOptions, default_tokens: int) -> Sampling:
