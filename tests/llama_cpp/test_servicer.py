@@ -612,6 +612,11 @@ async def test_requests_that_ended_the_process_are_refused_and_it_keeps_serving(
         "empty range": (greedy(Grammar="root ::= [z-a]"), "Grammar allows no token"),
         "empty range later": (greedy(Grammar='root ::= "Paris" [z-a]'), "Grammar allows no token"),
         "token outside the vocabulary": (greedy(Grammar="root ::= <[999999999]>"), "Grammar allows no token"),
+        # not a crash but a stall: one step of this took minutes, Health fine but the model lost to all
+        "60 optional classes in a row": (
+            greedy(Grammar="root ::= " + " ".join(["[a-z]?"] * 60)),
+            "60 optional character classes in a row",
+        ),
         "NaN temperature": (
             pb.PredictOptions(Prompt=PROMPT, Tokens=4, Temperature=float("nan"), Grammar='root ::= "no"'),
             "Temperature is nan",

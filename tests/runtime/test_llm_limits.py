@@ -84,3 +84,30 @@ def test_tiny_divisors() -> None:
     assert limits.penalty(0) == 1.0
     with pytest.raises(BadInput, match="Penalty is 1e-30"):
         limits.penalty(1e-30)
+
+
+def test_a_long_run_of_optional_classes_is_refused_with_the_repetition_that_works() -> None:
+    # llama.cpp's work for one step grows exponentially with such a run: 60 of them never finished.
+    with pytest.raises(BadInput) as err:
+        limits.check_grammar("root ::= " + " ".join(["[a-z]?"] * 60))
+    assert "60 optional character classes in a row" in str(err.value)
+    assert "[a-z]{0,60}" in str(err.value)
+    with pytest.raises(BadInput, match="7 optional character classes"):
+        limits.check_grammar("root ::= " + " ".join([". *"] * 7))
+
+
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        "root ::= [a-z]{0,60}",
+        'root ::= "a"? "b"? "c"? "d"? "e"? "f"? "g"? "h"?',  # literals: no token splits many ways
+        "root ::= [a]? [b]? [c]? | [d]? [e]? [f]? [g]?",  # runs in different alternatives
+        'root ::= [0-9]? [0-9]? [0-9]? [0-9]? "-" [0-9]? [0-9]? [0-9]? [0-9]?',
+        "root ::= ([a]? [b]? [c]?)? ([d]? [e]? [f]?)?",
+        # what a JSON-schema converter writes for numbers and strings
+        'number ::= "-"? ([0-9] | [1-9] [0-9]{0,15}) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?\n'
+        'string ::= "\\"" ([^"\\\\] | "\\\\" ["\\\\/bfnrt])* "\\""',
+    ],
+)
+def test_grammars_without_long_optional_runs_pass(grammar: str) -> None:
+    limits.check_grammar(grammar)

@@ -387,7 +387,7 @@ class Engine:
 
     def _sampler(self, s: Sampling) -> tuple[internals.LlamaSampler, Any]:
         """The same chain as llama-cpp-python's `Llama._init_sampler`, plus logit bias and ignore_eos;
-        and the grammar sampler in it (None without a grammar)."""
+        and, apart from it, the grammar sampler (None without a grammar), which the caller frees."""
         chain = internals.LlamaSampler()  # type: ignore[no-untyped-call]
         grammar = None
         bias = dict(s.logit_bias)
@@ -403,8 +403,7 @@ class Engine:
             penalty_present=s.presence_penalty,
         )
         if s.grammar:
-            grammar = self._grammar_sampler(s.grammar)
-            llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)  # the chain frees it
+            grammar = self._grammar_sampler(s.grammar)  # apart from the chain: see _sample
         seed = _RANDOM_SEED if s.seed < 0 else s.seed & 0xFFFFFFFF
         if s.temperature <= 0.0:
             chain.add_greedy()  # type: ignore[no-untyped-call]
@@ -422,26 +421,26 @@ class Engine:
         return chain, grammar
 
     def _sample(self, chain: internals.LlamaSampler, grammar: Any, candidates: Any) -> int:
-        """The next token. With a grammar, the chain's apply and accept are split, with a check between:
-        when a grammar allows no token at all (an empty range such as [z-a], a code point past U+10FFFF,
-        a token id outside the vocabulary), llama.cpp still samples one, and its grammar aborts the
-        process on accepting it."""
+        """The next token. With a grammar, as llama.cpp's own server samples: by the chain alone, and the
+        grammar asked about that one token; only when it refuses it is the grammar applied to the whole
+        vocabulary (its costly step: every candidate against every parse) and the chain run again.
+
+        The grammar's verdict on the final token is checked before it is accepted: when a grammar allows
+        no token at all (an empty range such as [z-a], a code point past U+10FFFF, a token id outside the
+        vocabulary), the chain still picks one, and llama.cpp's grammar aborts the process on it."""
         if grammar is None:
             return int(chain.sample(self._ctx, -1))
         logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
-        candidates.copy_logits(logits)
-        array = candidates.candidates
-        array.selected = -1
-        llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array))
-        if not 0 <= array.selected < array.size:
-            raise EngineFailure("llama.cpp's samplers selected no token")
-        token = int(array.data[array.selected].id)
+        token = _pick(chain, candidates, logits)
         if not _allows(grammar, token):
-            raise BadInput(
-                "the Grammar allows no token at this point of the output (an empty character range such "
-                "as [z-a], a code point past U+10FFFF, or a token id outside the vocabulary?): fix the "
-                "grammar"
-            )
+            token = _pick(chain, candidates, logits, grammar)
+            if not _allows(grammar, token):
+                raise BadInput(
+                    "the Grammar allows no token at this point of the output (an empty character range "
+                    "such as [z-a], a code point past U+10FFFF, or a token id outside the vocabulary?): fix "
+                    "the grammar"
+                )
+        llama_cpp.llama_sampler_accept(grammar, token)
         chain.accept(token)
         return token
 
@@ -500,6 +499,8 @@ class Engine:
                 self._eval_one(token)
         finally:
             sampler.close()  # type: ignore[no-untyped-call]
+            if grammar is not None:
+                llama_cpp.llama_sampler_free(grammar)
             if self.spec.embeddings:
                 llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
 
@@ -685,6 +686,19 @@ class Engine:
         if norm > 0:
             vector = vector / norm
         return [float(v) for v in vector], len(ids)
+
+
+def _pick(chain: internals.LlamaSampler, candidates: Any, logits: Any, grammar: Any = None) -> int:
+    """The token the chain selects from `logits`, after `grammar` filters them when one is given."""
+    candidates.copy_logits(logits)
+    array = candidates.candidates
+    array.selected = -1
+    if grammar is not None:
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array))
+    if not 0 <= array.selected < array.size:
+        raise EngineFailure("llama.cpp's samplers selected no token")
+    return int(array.data[array.selected].id)
 
 
 def _allows(grammar: Any, token: int) -> bool:

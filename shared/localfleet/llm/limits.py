@@ -36,6 +36,11 @@ MAX_STOP_BYTES = 1024
 #: 3.4e38. Past it a logit turns infinite, every probability NaN, and llama.cpp picks an arbitrary token
 #: (one that a grammar forbids, too).
 MAX_SAMPLER_VALUE = 1e6
+#: Optional character classes in a row (`[a-z]? [a-z]? ...`, `.* .*`): llama.cpp matches each candidate
+#: token along every way of splitting it across them, so one sampling step grows exponentially with the
+#: run (measured on a 262k vocabulary: 8 printable classes 1.8 s a step, 12 over 5 s, 60 never ends).
+#: A class with a bounded repetition (`[a-z]{0,60}`) nests instead and costs one class (0.17 s).
+MAX_OPTIONAL_CLASSES = 6
 MIN_DIVISOR = 1e-6
 
 # What the GBNF parser reads as one unit, in which parentheses do not nest: a comment, a string literal,
@@ -47,6 +52,18 @@ _GBNF_UNITS = re.compile(
       | \[(?:\\.|[^\]\\])*\]?
       | !?<[^>]*>?
       | [()]""",
+    re.VERBOSE | re.DOTALL,
+)
+# GBNF as items and the marks between them, for counting optional character classes in a row.
+_GBNF_ITEMS = re.compile(
+    r"""(?P<skip>\#[^\r\n]*|\s+)
+      | (?P<wide>\[(?:\\.|[^\]\\])*\]?|\.)
+      | (?P<item>"(?:\\.|[^"\\])*"?|!?<[^>]*>?|[A-Za-z0-9_-]+)
+      | (?P<open>\()
+      | (?P<close>\))
+      | (?P<reset>::=|\|)
+      | (?P<optional>[?*]|\{\s*0?\s*,[^}]*\}?)
+      | (?P<other>.)""",
     re.VERBOSE | re.DOTALL,
 )
 # JSON strings, in which brackets do not nest, and the brackets that do.
@@ -67,6 +84,43 @@ def check_grammar(grammar: str) -> None:
             f"Grammar {excerpt(grammar)} nests groups {depth} deep; at most {MAX_GRAMMAR_DEPTH} levels of "
             "( ) are accepted: flatten it with named rules"
         )
+    classes = _optional_classes(grammar)
+    if classes > MAX_OPTIONAL_CLASSES:
+        raise BadInput(
+            f"Grammar {excerpt(grammar)} has {classes} optional character classes in a row; at most "
+            f"{MAX_OPTIONAL_CLASSES} are accepted (each one multiplies the work of every step): write one "
+            "class with a bounded repetition instead, e.g. [a-z]{0,60}"
+        )
+
+
+def _optional_classes(grammar: str) -> int:
+    """The longest run of optional character classes in one sequence of `grammar`."""
+    runs = [0]  # per open group: the run in its sequence so far
+    longest = 0
+    pending = ""  # the kind of the item just read, until what follows says whether it is optional
+    for unit in _GBNF_ITEMS.finditer(grammar):
+        kind = unit.lastgroup or "other"
+        if kind == "skip":
+            continue
+        if kind == "optional" and pending:
+            runs[-1] = runs[-1] + 1 if pending == "wide" else 0
+            longest = max(longest, runs[-1])
+            pending = ""
+            continue
+        if pending:  # the item before was not optional: the run ends
+            runs[-1] = 0
+        pending = ""
+        if kind in ("wide", "item"):
+            pending = kind
+        elif kind == "open":
+            runs.append(0)
+        elif kind == "close":
+            if len(runs) > 1:
+                runs.pop()
+            pending = "item"  # a group counts as one item, not a class
+        else:  # a new alternative or rule, or a mark such as +
+            runs[-1] = 0
+    return longest
 
 
 def _grammar_depth(grammar: str) -> int:
