@@ -106,6 +106,11 @@ class Backend:
         """Give the model's memory back (blocking, in a worker thread). Return a short message."""
         return "unloaded"
 
+    def unable(self) -> str | None:
+        """Why the loaded model cannot serve right now though it is loaded (a remote engine that is
+        down), or None; Status then says ERROR. Called on the event loop: no blocking."""
+        return None
+
     def memory(self) -> dict[str, int]:
         """Extra memory figures for Status, in bytes, beside the runtime's own (RSS, GPU)."""
         return {}

@@ -55,6 +55,18 @@ class Unwritable(BackendError):
     status = Status.FAILED_PRECONDITION
 
 
+class Unauthenticated(BackendError):
+    """A remote engine refused this backend's credentials (UNAUTHENTICATED)."""
+
+    status = Status.UNAUTHENTICATED
+
+
+class TimedOut(BackendError):
+    """A remote engine did not answer within the backend's timeout (DEADLINE_EXCEEDED)."""
+
+    status = Status.DEADLINE_EXCEEDED
+
+
 class EngineFailure(BackendError):
     """The engine failed on a valid request (INTERNAL); the process keeps serving."""
 

@@ -275,6 +275,8 @@ class Runtime:
         state = self.state.value
         if self.state is State.READY and self.admission.running:
             state = pb.StatusResponse.BUSY
+        if self.state is State.READY and self.backend.unable():  # a remote engine that is down
+            state = pb.StatusResponse.ERROR
         return pb.StatusResponse(state=state, memory=pb.MemoryUsageData(total=total, breakdown=figures))
 
     async def load_startup_model(self) -> None:

@@ -28,9 +28,10 @@ from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 from localfleet_llama_cpp import bundled
 from localfleet_llama_cpp.chat_output import ChatOutputParser, Delta, Family, parse
+from localfleet_llama_cpp.spec import LoadSpec, Prompt, Sampling, Step
 
 if TYPE_CHECKING:
-    from localfleet_llama_cpp.engine import Engine, Prompt, Sampling, Step
+    from localfleet_llama_cpp.engine import Engine
 
 GGUF_MAGIC = b"GGUF"
 _FLASH = {"on": True, "true": True, "enabled": True, "1": True, "off": False, "false": False,
@@ -94,7 +95,7 @@ class LlamaCpp(Backend):
         return None
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
-        from localfleet_llama_cpp.engine import Engine, LoadSpec
+        from localfleet_llama_cpp.engine import Engine
 
         assert isinstance(options, LlamaOptions)
         path = model_path(model)
@@ -196,8 +197,6 @@ class LlamaCpp(Backend):
 
     def _job(self, engine: Engine, request: pb.PredictOptions) -> Job:
         """Render, tokenize and check a request (worker thread): every bad input fails here, fast."""
-        from localfleet_llama_cpp.engine import Sampling
-
         chat = bool(request.UseTokenizerTemplate and request.Messages)
         tools = False
         if chat:
