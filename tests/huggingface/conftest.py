@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from typing import Any
 
 import httpx2
 import pytest
+
+# A machine-wide HF_HUB_OFFLINE would make the backend refuse to load (test_offline_mode sets it itself).
+os.environ["HF_HUB_OFFLINE"] = "0"
 
 #: seconds the server may take to answer /v1/models after start (loading a 253 MB GGUF)
 START_SECONDS = 60
