@@ -28,9 +28,9 @@ import numpy as np
 from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure
 from localfleet.inputs import excerpt
+from localfleet.llm.chat_output import opens_reasoning
 from localfleet.llm.stops import release
 from localfleet_llama_cpp import sampler
-from localfleet_llama_cpp.chat_output import opens_reasoning
 from localfleet_llama_cpp.context import context_for, trained_context
 from localfleet_llama_cpp.media import Projector, image
 from localfleet_llama_cpp.native import Native

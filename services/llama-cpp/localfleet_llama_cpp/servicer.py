@@ -23,11 +23,11 @@ from localfleet.errors import BackendError, BadInput
 from localfleet.inputs import excerpt
 from localfleet.llm import chat as chat_input
 from localfleet.llm import limits
+from localfleet.llm.chat_output import ChatOutputParser, Family, chat_delta, parse
 from localfleet.llm.limits import bounded
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 from localfleet_llama_cpp import bundled
-from localfleet_llama_cpp.chat_output import ChatOutputParser, Delta, Family, parse
 from localfleet_llama_cpp.spec import LoadSpec, Prompt, Sampling, Step
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class LlamaCpp(Backend):
                 if last:
                     delta.extend(parser.finish())
                 if delta:
-                    reply.chat_deltas.append(_chat_delta(delta))
+                    reply.chat_deltas.append(chat_delta(delta))
             if last or reply.message or reply.logprobs or reply.chat_deltas:
                 yield reply
 
@@ -353,7 +353,7 @@ def _complete(engine: Engine, job: Job, call: Call) -> pb.Reply:
         text = data.decode("utf-8", errors="replace")
         message = parse(text, job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
         if message:
-            reply.chat_deltas.append(_chat_delta(message))
+            reply.chat_deltas.append(chat_delta(message))
     return reply
 
 
@@ -376,14 +376,3 @@ def _encoded(entries: list[dict[str, Any]]) -> list[str]:
 def _logprobs_json(encoded: list[str]) -> bytes:
     """`{"content": [...]}` from entries encoded one by one: the bytes json.dumps gives the whole."""
     return ('{"content": [' + ", ".join(encoded) + "]}").encode()
-
-
-def _chat_delta(delta: Delta) -> pb.ChatDelta:
-    return pb.ChatDelta(
-        content=delta.content,
-        reasoning_content=delta.reasoning,
-        tool_calls=[
-            pb.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
-            for c in delta.tool_calls
-        ],
-    )

@@ -9,7 +9,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localfleet.errors import BadInput
 from localfleet.llm.chat import check_roles
-from localfleet_llama_cpp.chat_output import Family, family_of
+from localfleet.llm.chat_output import Family, family_of
 
 #: llama.cpp's own fallback when a GGUF carries no chat template: ChatML, here with Qwen2.5's tool block
 #: so that tools still reach such a model (and its `<tool_call>` output is parsed).

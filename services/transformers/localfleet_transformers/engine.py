@@ -33,6 +33,7 @@ from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
 from localfleet.llm import chat as chat_input
 from localfleet.llm.chat import check_roles
+from localfleet.llm.sampling import Sampling
 from localfleet.llm.stops import StopText
 from localfleet.window import Window
 
@@ -55,19 +56,6 @@ class LoadSpec:
     trust_remote_code: bool = False
     context_size: int = 0  # 0 = the model's own
     threads: int = 0
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 0.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 0.0
-    seed: int = 0
-    stop_strings: tuple[str, ...] = ()
-    ignore_eos: bool = False
 
 
 @dataclass
@@ -255,7 +243,7 @@ class TextModel:
         halt = threading.Event()  # set by stop strings or by the consumer leaving
         progress = _Progress()
         streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        max_new = max(1, min(sampling.max_new_tokens, self.context - len(ids)))
+        max_new = max(1, min(sampling.max_tokens, self.context - len(ids)))
         kwargs = self._generation_kwargs(sampling, max_new)
         input_ids = torch.tensor([ids], device=self.device)
         failure: list[BaseException] = []
@@ -274,11 +262,11 @@ class TextModel:
                 failure.append(exc)
                 streamer.end()  # type: ignore[no-untyped-call]  # wakes the reader
 
-        if sampling.temperature > 0:
-            torch.manual_seed(sampling.seed)  # process-wide RNG: generations on one model are serialised
+        if sampling.temperature > 0:  # process-wide RNG: generations on one model are serialised
+            torch.manual_seed(sampling.seed) if sampling.seed is not None else torch.seed()
         thread = threading.Thread(target=run, name="generate", daemon=True)
         thread.start()
-        held = StopText(sampling.stop_strings)
+        held = StopText(sampling.stop)
         try:
             for text in streamer:
                 out, matched = held.feed(text)
@@ -320,8 +308,8 @@ class TextModel:
             )
             if sampling.min_p > 0:
                 kwargs["min_p"] = sampling.min_p
-        if sampling.repetition_penalty > 0 and sampling.repetition_penalty != 1:
-            kwargs["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.repeat_penalty != 1:
+            kwargs["repetition_penalty"] = sampling.repeat_penalty
         return kwargs
 
 

@@ -19,11 +19,11 @@ from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.llm import chat as chat_input
-from localfleet.llm import limits
+from localfleet.llm import sampling as llm_sampling
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    from localfleet_transformers.engine import Kind, Piece, Sampling, TextModel
+    from localfleet_transformers.engine import Kind, Piece, TextModel
 
 
 #: the most characters of text one embedding batch holds, in full windows: a text longer than the
@@ -162,7 +162,7 @@ class Transformers(Backend):
         if not model.can_generate:
             raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
         messages = _messages(request) if request.UseTokenizerTemplate else None
-        sampling = _sampling(request, self._options.max_tokens)
+        sampling = llm_sampling.sampling(request, self._options.max_tokens)
         prompt = request.Prompt
         ids = await call.run(_prompt_ids, model, prompt, messages, request.Tools, dict(request.Metadata))
         counted = 0
@@ -196,24 +196,6 @@ def _prompt_ids(
 
 def _messages(request: pb.PredictOptions) -> list[dict[str, Any]] | None:
     return chat_input.messages(request) if request.Messages else None
-
-
-def _sampling(request: pb.PredictOptions, default_tokens: int) -> Sampling:
-    from localfleet_transformers.engine import Sampling
-
-    if request.Tokens < 0:
-        raise BadInput(f"Tokens must be >= 0 (0 = the backend default), got {request.Tokens}")
-    return Sampling(
-        max_new_tokens=request.Tokens or default_tokens,
-        temperature=limits.temperature(request.Temperature),
-        top_p=request.TopP,  # outside (0, 1): off
-        top_k=request.TopK,  # 0 or less: off
-        min_p=limits.probability("MinP", request.MinP),
-        repetition_penalty=limits.penalty(request.Penalty),
-        seed=request.Seed,
-        stop_strings=tuple(request.StopPrompts),
-        ignore_eos=request.IgnoreEOS,
-    )
 
 
 def _reply(text: str, piece: Piece, prompt_tokens: int) -> pb.Reply:

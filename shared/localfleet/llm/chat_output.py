@@ -1,4 +1,4 @@
-"""A model's chat output split into content, reasoning and tool calls, incrementally (plain Python).
+"""A model's chat output split into content, reasoning and tool calls, incrementally, for every LLM backend.
 
 What LocalAI's own llama.cpp backend does with its chat auto-parser: every streamed chunk carries the
 `ChatDelta`s that the new text adds, and Predict's reply carries the whole message, so core gets tool
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localfleet.llm.stops import partial_suffix
+from localfleet.proto import backend_pb2 as pb
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -308,3 +309,15 @@ def _call_from(value: Any) -> tuple[str, str, str | None] | None:
         arguments = json.dumps(arguments, ensure_ascii=False)
     call_id = value.get("id")
     return name, arguments, call_id if isinstance(call_id, str) and call_id else None
+
+
+def chat_delta(delta: Delta) -> pb.ChatDelta:
+    """A delta as the `ChatDelta` core accumulates (tool calls by index)."""
+    return pb.ChatDelta(
+        content=delta.content,
+        reasoning_content=delta.reasoning,
+        tool_calls=[
+            pb.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+            for c in delta.tool_calls
+        ],
+    )

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from localfleet_llama_cpp.chat_output import (
+from localfleet.llm.chat_output import (
     ChatOutputParser,
     Delta,
     Family,
