@@ -91,7 +91,7 @@ def install_backend(session: nox.Session, backend: str) -> None:
     for note in steps.notes:
         session.log(note)
     # Shown, not captured: a first run compiles llama-cpp-python for minutes and should say so.
-    session.install(*steps.args, env=cell.build_env, silent=False)
+    session.install(*steps.args, env=steps.build_env, silent=False)
 
 
 def _backend_session(backend: str) -> None:

@@ -101,6 +101,7 @@ class Plan:
     args: list[str]  # what to install, and how (indexes, no-binary, overrides)
     env: dict[str, str]
     notes: list[str]
+    build_env: dict[str, str]  # what `env` adds to the caller's environment: the builds' own variables
 
     @property
     def commands(self) -> list[list[str]]:
@@ -123,7 +124,14 @@ def plan(
     `with_backends` (other backends a test environment needs, cpu builds), honouring drop/no-binary."""
     notes: list[str] = []
     python = venv / "bin" / "python"
-    env = {**os.environ, **cell.build_env}
+    # A companion compiled here builds as its own environment builds it (llama-cpp's portable CPU build
+    # beside huggingface's tests; a -march=native build of it crashed on another CPU): the backend's own
+    # variables win where both set one.
+    build_env: dict[str, str] = {}
+    for other in with_backends:
+        build_env.update(m.build(other, "cpu").build_env)
+    build_env.update(cell.build_env)
+    env = {**os.environ, **build_env}
     if uv is None:
         create = [sys.executable, "-m", "venv", str(venv)]
         install = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
@@ -163,7 +171,7 @@ def plan(
         overrides = Path(tempfile.mkstemp(prefix="localfleet-drop-", suffix=".txt")[1])
         overrides.write_text("".join(f'{p}; sys_platform == "never"\n' for p in cell.drop))
         args += ["--override", str(overrides)]
-    return Plan(venv, create, install, args, env, notes)
+    return Plan(venv, create, install, args, env, notes, build_env)
 
 
 def reachable(url: str, timeout: float = 5.0) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import pytest_asyncio
 from grpclib.const import Status
@@ -217,3 +218,20 @@ async def test_offline_mode_fails_the_load_saying_why(
         result = await served.client.backend.LoadModel(pb.ModelOptions(Model=endpoint.url))
         assert not result.success
         assert "HF_HUB_OFFLINE is set" in result.message
+
+
+def connections_to(port: int) -> int:
+    return sum(
+        1
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+async def test_free_closes_the_pooled_connections_to_the_endpoint(endpoint: Endpoint) -> None:
+    async with serving(HuggingFace()) as served:
+        assert (await served.client.backend.LoadModel(pb.ModelOptions(Model=endpoint.url))).success
+        assert (await served.client.backend.Predict(greedy(Prompt="Hi", Tokens=2))).tokens == 2
+        assert connections_to(endpoint.port) >= 1  # kept alive for the next call
+        assert (await served.client.backend.Free(pb.HealthMessage())).success
+        assert connections_to(endpoint.port) == 0

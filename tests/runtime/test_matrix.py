@@ -55,8 +55,8 @@ def test_a_build_type_without_an_accelerator_path_is_the_cpu_build_and_says_why(
 def test_unknown_names_are_refused_with_the_known_ones(m: Matrix) -> None:
     with pytest.raises(LookupError, match=r"unknown build type 'cuda'.*cublas12"):
         m.build("transformers", "cuda")
-    with pytest.raises(LookupError, match=r"unknown backend 'vllm'.*local-store"):
-        m.build("vllm", "cpu")
+    with pytest.raises(LookupError, match=r"unknown backend 'tgi'.*local-store"):
+        m.build("tgi", "cpu")
 
 
 def test_torch_comes_from_the_build_types_index_when_it_answers(m: Matrix, tmp_path: Path) -> None:
@@ -76,6 +76,21 @@ def test_compiled_engines_get_their_switches_and_build_from_source(m: Matrix, tm
     assert "libvulkan-dev" in cell.build_packages
     assert "libgomp1" in cell.runtime_packages  # the backend's own, kept for every build type
     assert m.build("whisper", "cublas12").build_env == {"GGML_CUDA": "1"}
+
+
+def test_a_companion_compiles_with_its_own_cpu_switches(m: Matrix, tmp_path: Path) -> None:
+    """huggingface's tests run llama.cpp's server: it is built portable there as in llama-cpp's own env
+    (a native build took AMX kernels that crashed the server on the first completion)."""
+    steps = plan(
+        m.build("huggingface", "cpu"),
+        tmp_path / "v",
+        m=m,
+        editable=True,
+        uv="uv",
+        with_backends=["llama-cpp"],
+    )
+    assert steps.build_env == {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
+    assert steps.env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF"
 
 
 def test_nvidia_builds_carry_nvml_for_gpu_memory_in_status(m: Matrix, tmp_path: Path) -> None:

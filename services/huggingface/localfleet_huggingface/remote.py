@@ -9,6 +9,8 @@ client's chat_completion on both; a raw prompt and embeddings on an OpenAI serve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from localfleet.inputs import excerpt
 
 #: how long a reachability probe at LoadModel waits
 PROBE_SECONDS = 5.0
+CLOSE_SECONDS = 5.0  # how long an unload waits for the clients to close
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Remote:
         self.endpoint = endpoint
         self._client: AsyncInferenceClient | None = None
         self._http: httpx2.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the clients were made
         self.last_failure: str | None = None  # the endpoint's state as the last call found it
 
     def probe(self) -> None:
@@ -80,6 +84,16 @@ class Remote:
             raise _failure(exc, self.endpoint) from None
         if answer.status_code in (401, 403):  # other answers (a server without /v1/models) are fine
             raise _refusal(answer.status_code, answer, self.endpoint.shown)
+
+    def release(self, wait: float = CLOSE_SECONDS) -> None:
+        """Close the clients from any thread (unload runs in a worker): on the loop that owns them, so
+        their pooled connections are shut, not left to the garbage collector."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or (self._client is None and self._http is None):
+            return
+        done = asyncio.run_coroutine_threadsafe(self.close(), loop)
+        with contextlib.suppress(Exception):  # a close that fails or hangs must not fail the unload
+            done.result(wait)
 
     async def close(self) -> None:
         client, http, self._client, self._http = self._client, self._http, None, None
@@ -162,6 +176,7 @@ class Remote:
 
     def _inference(self) -> AsyncInferenceClient:
         if self._client is None:
+            self._loop = asyncio.get_running_loop()
             base = self.endpoint.url or None
             self._client = AsyncInferenceClient(
                 model=None if base else self.endpoint.model,
@@ -173,6 +188,7 @@ class Remote:
 
     def _client_http(self) -> httpx2.AsyncClient:
         if self._http is None:
+            self._loop = asyncio.get_running_loop()
             self._http = httpx2.AsyncClient(
                 base_url=self.endpoint.url, headers=self._headers(), timeout=self.endpoint.timeout
             )

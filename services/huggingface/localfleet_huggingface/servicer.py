@@ -95,7 +95,7 @@ class HuggingFace(Backend):
         remote, self._remote = self._remote, None
         if remote is None:
             return "no endpoint"
-        # Its HTTP clients belong to the event loop; unused ones are dropped with the object.
+        remote.release()
         return f"released {remote.endpoint.shown}"
 
     def unable(self) -> str | None:
