@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 from grpclib.protocol import AbstractHandler, H2Protocol, Stream
 from grpclib.server import Server
 from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from localfleet.codec import CappedProtoCodec, cap_announced
+from localfleet.pings import AckHold
+
+log = logging.getLogger(__name__)
 
 #: the highest stream id: "every stream you opened may still finish" (RFC 9113, 6.8)
 LAST_STREAM_ID = 2**31 - 1
@@ -77,15 +82,34 @@ class ServerConnection(H2Protocol):
         self.closed = asyncio.Event()
         self.goaway_sent = False
         self._transport: asyncio.Transport | None = None
+        self._acks: AckHold | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._transport = cast(asyncio.Transport, transport)
+        # grpclib writes through the transport its Connection holds, and each Stream takes that one
+        self._acks = AckHold(self._transport, self.connection._connection)
+        self.connection._transport = cast(asyncio.Transport, self._acks)
         self.server.connections.add(self)
         if self.server.draining:  # accepted just before the listener closed
             self.go_away()
 
+    def data_received(self, data: bytes) -> None:
+        # grpclib's own, but for where the PING ACKs a frame brings out are written (localfleet.pings)
+        assert self._acks is not None
+        try:
+            events = self.connection.feed(data)
+        except ProtocolError:
+            log.debug("Protocol error", exc_info=True)
+            self.processor.close("Protocol error")
+            return
+        for event in events:
+            self.processor.process(event)
+        self._acks.received(events)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._acks is not None:
+            self._acks.close()
         super().connection_lost(exc)
         self.server.connections.discard(self)
         self.closed.set()

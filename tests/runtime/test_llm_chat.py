@@ -77,3 +77,24 @@ def test_release_works_on_bytes_split_inside_a_character() -> None:
     assert release(b"caf" + "é".encode()[:1], stops) == (3, False)
     assert release("café!".encode(), stops) == (3, True)
     assert release(b"plain", []) == (5, False)
+
+
+def test_a_turn_is_read_only_from_messages_with_the_template_asked_for() -> None:
+    message = pb.Message(role="user", content="hi")
+    assert chat.turn(pb.PredictOptions(Prompt="p", Messages=[message])) is None
+    assert chat.turn(pb.PredictOptions(UseTokenizerTemplate=True)) is None
+    tools = '[{"type": "function", "function": {"name": "f"}}]'
+    request = pb.PredictOptions(
+        UseTokenizerTemplate=True, Messages=[message], Tools=tools, Metadata={"enable_thinking": "false"}
+    )
+    turn = chat.turn(request)
+    assert turn is not None
+    assert turn.messages == [{"role": "user", "content": "hi"}]
+    assert turn.tools is not None
+    assert turn.tools[0]["function"]["name"] == "f"
+    assert turn.variables == {"enable_thinking": False}
+    request.ToolChoice = "none"
+    none = chat.turn(request)
+    assert none is not None
+    assert none.tools is None
+    assert none.tool_choice == "none"

@@ -15,15 +15,13 @@ import grpc  # type: ignore[import-untyped]
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, RemoteSettingsChanged
 
 from localfleet.client import Client, connect
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import split_addr
 from localfleet.testing import free_port, spawn
+from tests.runtime.rawh2 import RawH2
 
 WORKBENCH = "tests.runtime.workbench:Workbench"
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,44 +53,10 @@ async def _wait_not_ready(client: Client) -> None:
     raise AssertionError("readiness never went to NOT_SERVING")
 
 
-class _RawH2:
-    """A bare HTTP/2 client connection that opens no stream: what an idle client sees, frame by frame."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.h2 = H2Connection(H2Configuration(client_side=True))
-
-    @classmethod
-    async def open(cls, addr: str) -> _RawH2:
-        raw = cls(*await asyncio.open_connection(*split_addr(addr)))
-        raw.h2.initiate_connection()
-        raw.writer.write(raw.h2.data_to_send())
-        while not any(isinstance(e, RemoteSettingsChanged) for e in await raw._events()):
-            pass  # the server's SETTINGS: it has accepted this connection
-        raw.writer.write(raw.h2.data_to_send())  # our SETTINGS ack
-        return raw
-
-    async def _events(self) -> list[object]:
-        data = await self.reader.read(65536)
-        if not data:
-            raise EOFError("the server closed the connection")
-        return list(self.h2.receive_data(data))
-
-    async def goaway(self) -> ConnectionTerminated:
-        """The server's GOAWAY; EOFError when the connection closes without one."""
-        while True:
-            for event in await self._events():
-                if isinstance(event, ConnectionTerminated):
-                    return event
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def test_sigterm_says_goaway_on_every_connection_while_calls_in_flight_finish() -> None:
     with spawn(WORKBENCH) as proc:
         await _load(proc.addr)
-        idle = await _RawH2.open(proc.addr)
+        idle = await RawH2.open(proc.addr)
         # grpcio's C core takes a GOAWAY as LocalAI core's grpc-go does: calls begun on the connection go on.
         async with grpc.aio.insecure_channel(proc.addr) as channel:
             predict = channel.unary_unary(

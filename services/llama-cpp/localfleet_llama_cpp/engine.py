@@ -32,7 +32,7 @@ from localfleet.llm.chat_output import opens_reasoning
 from localfleet.llm.stops import release
 from localfleet_llama_cpp import sampler
 from localfleet_llama_cpp.context import context_for, trained_context
-from localfleet_llama_cpp.media import Projector, image
+from localfleet_llama_cpp.media import Projector
 from localfleet_llama_cpp.native import Native
 from localfleet_llama_cpp.spec import LoadSpec, Prompt, Sampling, Step
 from localfleet_llama_cpp.template import Template
@@ -157,10 +157,10 @@ class Engine:
         """The chat rendered with the model's template, ending with the assistant's turn opened."""
         return self.template.render(messages, tools=tools, tool_choice=tool_choice, variables=variables)
 
-    def prompt(self, text: str, *, images: Sequence[str] = (), chat: bool = False) -> Prompt:
-        """Tokenize a prompt and check it fits; images are base64 (they need the MMProj projector)."""
+    def prompt(self, text: str, *, images: Sequence[bytes] = (), chat: bool = False) -> Prompt:
+        """Tokenize a prompt and check it fits; images (encoded files) need the MMProj projector."""
         stop = self.template.stop if chat else ()
-        decoded = tuple(image(i, raw) for i, raw in enumerate(images))
+        decoded = tuple(images)
         if decoded and self._projector is None:
             raise BadInput(
                 f"the request has {len(decoded)} image(s) but this model was loaded without a multimodal "

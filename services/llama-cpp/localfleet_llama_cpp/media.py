@@ -3,8 +3,6 @@ prompt's text through libmtmd, as llama-cpp-python's MTMD chat handler does."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ctypes
 from typing import Any
 
@@ -13,14 +11,6 @@ import llama_cpp
 from localfleet.errors import BadInput, EngineFailure
 from localfleet_llama_cpp.native import Native
 from localfleet_llama_cpp.spec import Prompt
-
-
-def image(index: int, raw: str) -> bytes:
-    data = raw.split(",", 1)[1] if raw.startswith("data:") else raw
-    try:
-        return base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        raise BadInput(f"Images[{index}] is not base64") from None
 
 
 class Projector:

@@ -23,9 +23,11 @@ from localfleet.errors import BackendError, BadInput
 from localfleet.inputs import excerpt
 from localfleet.llm import chat as chat_input
 from localfleet.llm import limits
-from localfleet.llm.chat_output import ChatOutputParser, Family, chat_delta, parse
+from localfleet.llm.chat_output import ChatReplies, Family
+from localfleet.llm.images import read_images
 from localfleet.llm.limits import bounded
 from localfleet.options import BackendOptions
+from localfleet.paths import PathPolicy
 from localfleet.proto import backend_pb2 as pb
 from localfleet_llama_cpp import bundled
 from localfleet_llama_cpp.spec import LoadSpec, Prompt, Sampling, Step
@@ -161,14 +163,14 @@ class LlamaCpp(Backend):
     # -- generation ------------------------------------------------------------------------------
     async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
         engine = self.engine()
-        job = await call.run(self._job, engine, request)
+        job = await call.run(self._job, engine, request, call.paths)
         return await call.run(_complete, engine, job, call)
 
     async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
         engine = self.engine()
-        job = await call.run(self._job, engine, request)
-        parser = (
-            ChatOutputParser(job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
+        job = await call.run(self._job, engine, request, call.paths)
+        replies = (
+            ChatReplies(job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
             if job.chat
             else None
         )
@@ -186,30 +188,19 @@ class LlamaCpp(Backend):
             chunk = logprobs if last else new
             if chunk:
                 reply.logprobs = _logprobs_json(chunk)
-            if parser is not None:
-                delta = parser.feed(decoder.decode(step.text, final=last))
-                if last:
-                    delta.extend(parser.finish())
-                if delta:
-                    reply.chat_deltas.append(chat_delta(delta))
+            if replies is not None:
+                delta = replies.chunk(decoder.decode(step.text, final=last), last=last)
+                if delta is not None:
+                    reply.chat_deltas.append(delta)
             if last or reply.message or reply.logprobs or reply.chat_deltas:
                 yield reply
 
-    def _job(self, engine: Engine, request: pb.PredictOptions) -> Job:
+    def _job(self, engine: Engine, request: pb.PredictOptions, paths: PathPolicy) -> Job:
         """Render, tokenize and check a request (worker thread): every bad input fails here, fast."""
-        chat = bool(request.UseTokenizerTemplate and request.Messages)
-        tools = False
-        if chat:
-            tool_list = chat_input.tools(request.Tools)
-            choice = chat_input.tool_choice(request.ToolChoice)
-            if choice == "none":
-                tool_list = None
-            tools = bool(tool_list)
+        turn = chat_input.turn(request)
+        if turn is not None:
             text = engine.render(
-                chat_input.messages(request),
-                tools=tool_list,
-                tool_choice=choice,
-                variables=chat_input.variables(request.Metadata),
+                turn.messages, tools=turn.tools, tool_choice=turn.tool_choice, variables=turn.variables
             )
         else:
             text = request.Prompt
@@ -219,7 +210,8 @@ class LlamaCpp(Backend):
         if request.TopLogprobs < 0 or request.Logprobs < 0:
             raise BadInput("Logprobs and TopLogprobs must not be negative")
         limits.check_stop_prompts(list(request.StopPrompts))
-        prompt = engine.prompt(text, images=list(request.Images), chat=chat)
+        chat = turn is not None
+        prompt = engine.prompt(text, images=read_images(list(request.Images), paths), chat=chat)
         sampling = Sampling(
             temperature=limits.temperature(request.Temperature),  # 0 means greedy
             top_k=request.TopK,  # 0 turns top-k off
@@ -244,7 +236,7 @@ class LlamaCpp(Backend):
             top_logprobs=min(request.TopLogprobs, MAX_TOP_LOGPROBS),
             cache_prompt=self._options.cache_prompt or request.PromptCacheAll,
         )
-        return Job(prompt, sampling, chat, engine.family, tools)
+        return Job(prompt, sampling, chat, engine.family, bool(turn and turn.tools))
 
     # -- embeddings and tokens ----------------------------------------------------------------------
     async def Embedding(self, request: pb.PredictOptions, call: Call) -> pb.EmbeddingResult:
@@ -258,7 +250,7 @@ class LlamaCpp(Backend):
         UseTokenizerTemplate and Messages, exactly the tokens Predict would feed the model."""
         engine = self.engine()
         if request.UseTokenizerTemplate and request.Messages:
-            job = await call.run(self._job, engine, request)
+            job = await call.run(self._job, engine, request, call.paths)
             tokens = job.prompt.tokens
         else:
             tokens = await call.run(engine.tokenize, request.Prompt, add_special=False)
@@ -350,10 +342,10 @@ def _complete(engine: Engine, job: Job, call: Call) -> pb.Reply:
     if logprobs:
         reply.logprobs = _logprobs_json(logprobs)
     if job.chat:
-        text = data.decode("utf-8", errors="replace")
-        message = parse(text, job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
-        if message:
-            reply.chat_deltas.append(chat_delta(message))
+        replies = ChatReplies(job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
+        message = replies.whole(data.decode("utf-8", errors="replace"))
+        if message is not None:
+            reply.chat_deltas.append(message)
     return reply
 
 

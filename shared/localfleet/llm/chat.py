@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from localfleet.errors import BadInput
@@ -55,6 +56,27 @@ def _check_role(index: int, role: str) -> None:
     if role not in ROLES:
         known = ", ".join(ROLES)
         raise BadInput(f"Messages[{index}].role {excerpt(role)} is not a chat role; use one of {known}")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A chat request as a chat template takes it."""
+
+    messages: list[dict[str, Any]]
+    tools: list[Any] | None  # None too when ToolChoice is "none": the template then shows no tools
+    tool_choice: Any
+    variables: dict[str, Any]  # Metadata (enable_thinking, ...)
+
+
+def turn(request: pb.PredictOptions) -> Turn | None:
+    """The request's chat turn: with UseTokenizerTemplate and Messages; None for a plain Prompt."""
+    if not (request.UseTokenizerTemplate and request.Messages):
+        return None
+    listed = tools(request.Tools)
+    choice = tool_choice(request.ToolChoice)
+    if choice == "none":
+        listed = None
+    return Turn(messages(request), listed, choice, variables(request.Metadata))
 
 
 def tools(text: str) -> list[Any] | None:

@@ -321,3 +321,23 @@ def chat_delta(delta: Delta) -> pb.ChatDelta:
             for c in delta.tool_calls
         ],
     )
+
+
+class ChatReplies:
+    """One chat call's output as the ChatDeltas core reads: a stream's chunk by chunk, or Predict's whole
+    message."""
+
+    def __init__(self, family: Family, *, tools: bool, reasoning_open: bool) -> None:
+        self._parser = ChatOutputParser(family, tools=tools, reasoning_open=reasoning_open)
+
+    def chunk(self, text: str, *, last: bool = False) -> pb.ChatDelta | None:
+        """What `text`, the next piece of output, adds (with the rest of the output when `last`)."""
+        delta = self._parser.feed(text)
+        if last:
+            delta.extend(self._parser.finish())
+        return chat_delta(delta) if delta else None
+
+    def whole(self, text: str) -> pb.ChatDelta | None:
+        """The whole message of the output `text`."""
+        self.chunk(text, last=True)
+        return chat_delta(self._parser.message) if self._parser.message else None

@@ -1,0 +1,64 @@
+"""mlx under the fuzzer (tests/fuzzing.py): every RPC, fixed seed, a size CI affords, on the tiny
+scripted Llama built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import Message
+
+from localfleet.proto import backend_pb2 as pb
+from localfleet.settings import MiB
+from localfleet_mlx.servicer import Mlx
+from tests import fuzzing
+from tests.mlx.models import build_tiny_mlx_llama
+
+PER_RPC = 80
+#: new tokens a generation may ask for: more is slower, not different
+MAX_TOKENS = 8
+
+#: the whole run happens in the first check's setup
+pytestmark = pytest.mark.timeout(600)
+
+
+def tame(rpc: str, request: Message) -> None:
+    if isinstance(request, pb.PredictOptions) and request.Tokens > MAX_TOKENS:
+        request.Tokens = MAX_TOKENS
+
+
+def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
+    # The model lies in the folder requests may use, as a models volume would.
+    llama = folder / "tiny-mlx-llama"
+    if not (llama / "config.json").exists():
+        build_tiny_mlx_llama(llama)
+    chat = pb.PredictOptions(
+        Prompt="The quick brown fox",
+        Messages=[pb.Message(role="user", content="Hello, how are you?")],
+        Tokens=MAX_TOKENS,
+        Temperature=0.7,
+        Seed=1,
+    )
+    templated = pb.PredictOptions(Messages=chat.Messages, UseTokenizerTemplate=True, Tokens=MAX_TOKENS)
+    text = pb.PredictOptions(Embeddings="A man is eating food.", Prompt="A man is eating food.")
+    stages = [
+        fuzzing.Stage(
+            pb.ModelOptions(Model=str(llama), Options=[f"max_tokens:{MAX_TOKENS}"]),
+            {"Predict": chat, "PredictStream": templated, "Embedding": text, "TokenizeString": text},
+        ),
+    ]
+    return fuzzing.Target(
+        "mlx",
+        fuzzing.served(Mlx),
+        stages,
+        folder,
+        rss_bound=1024 * MiB,
+        per_rpc=per_rpc,
+        counts={"LoadModel": per_rpc // 4},
+        tame=tame,
+    )
+
+
+def test_fuzz(fuzz_report: fuzzing.Report, fuzz_check: str) -> None:
+    # The run is the fixture's (tests/conftest.py: this module's `target`, once); one test a check.
+    fuzz_report.check(fuzz_check)
