@@ -23,6 +23,7 @@ from localfleet.errors import BackendError, BadInput
 from localfleet.inputs import excerpt
 from localfleet.llm import chat as chat_input
 from localfleet.llm import limits
+from localfleet.llm import sampling as llm_sampling
 from localfleet.llm.chat_output import ChatReplies, Family
 from localfleet.llm.images import read_images
 from localfleet.llm.limits import bounded
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 GGUF_MAGIC = b"GGUF"
 _FLASH = {"on": True, "true": True, "enabled": True, "1": True, "off": False, "false": False,
           "disabled": False, "0": False, "auto": False, "": False}  # fmt: skip
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 DEFAULT_CONTEXT = 4096  # core's own default, for a request without ContextSize
 
 
@@ -209,31 +209,31 @@ class LlamaCpp(Backend):
             engine.check_grammar(request.Grammar)
         if request.TopLogprobs < 0 or request.Logprobs < 0:
             raise BadInput("Logprobs and TopLogprobs must not be negative")
-        limits.check_stop_prompts(list(request.StopPrompts))
+        base = llm_sampling.sampling(request, self._options.max_tokens)  # what every LLM backend checks
         chat = turn is not None
         prompt = engine.prompt(text, images=read_images(list(request.Images), paths), chat=chat)
         sampling = Sampling(
-            temperature=limits.temperature(request.Temperature),  # 0 means greedy
-            top_k=request.TopK,  # 0 turns top-k off
-            top_p=request.TopP if 0 < request.TopP <= 1 else 1.0,
-            min_p=bounded("MinP", request.MinP),
-            typical_p=request.TypicalP if 0 < request.TypicalP <= 1 else 1.0,
-            repeat_penalty=limits.penalty(request.Penalty),  # 0 turns it off
+            temperature=base.temperature,
+            top_k=base.top_k,
+            top_p=base.top_p,
+            min_p=base.min_p,
+            typical_p=base.typical_p,
+            repeat_penalty=base.repeat_penalty,
             # The penalty's window is allocated at this size: more than the context only wastes memory.
             repeat_last_n=engine.n_ctx if request.Repeat < 0 else min(request.Repeat or 64, engine.n_ctx),
-            frequency_penalty=bounded("FrequencyPenalty", request.FrequencyPenalty),
-            presence_penalty=bounded("PresencePenalty", request.PresencePenalty),
+            frequency_penalty=base.frequency_penalty,
+            presence_penalty=base.presence_penalty,
             mirostat=request.Mirostat,
             mirostat_tau=bounded("MirostatTAU", request.MirostatTAU) or 5.0,
             mirostat_eta=bounded("MirostatETA", request.MirostatETA) or 0.1,
-            seed=request.Seed,
-            max_tokens=request.Tokens if request.Tokens > 0 else self._options.max_tokens,
-            stop=tuple(s for s in request.StopPrompts if s),
+            seed=-1 if base.seed is None else base.seed,
+            max_tokens=base.max_tokens,
+            stop=base.stop,
             grammar=request.Grammar,
-            ignore_eos=request.IgnoreEOS,
+            ignore_eos=base.ignore_eos,
             logit_bias=_logit_bias(request.LogitBias, engine.n_vocab),
-            logprobs=request.Logprobs > 0 or request.TopLogprobs > 0,
-            top_logprobs=min(request.TopLogprobs, MAX_TOP_LOGPROBS),
+            logprobs=base.logprobs is not None,
+            top_logprobs=base.logprobs or 0,
             cache_prompt=self._options.cache_prompt or request.PromptCacheAll,
         )
         return Job(prompt, sampling, chat, engine.family, bool(turn and turn.tools))
