@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from localfleet.errors import BadInput, EngineFailure, NotFound
 from localfleet.llm import chat_output
 from localfleet.llm.chat import check_roles
+from localfleet.llm.decoding import text_steps
 from localfleet.llm.replies import TextStep
 from localfleet.llm.sampling import Sampling
-from localfleet.llm.stops import StopText
 
 DEFAULT_CONTEXT = 4096  # for a config that names no context length
 #: tokens the repetition, presence and frequency penalties look back over
@@ -209,41 +208,23 @@ class Engine:
             seed=seed,
             **prompt.extra,
         )
-        detokenizer = _Detokenizer(self.tokenizer)
-        held = StopText(sampling.stop)
-        started = time.perf_counter()
-        first = 0.0
-        produced = 0
-        finish = "length"
-        matched = False
         try:
-            for sampled, _ in steps:
-                token = _token(sampled)
-                first = first or time.perf_counter()
-                produced += 1
-                self.generated += 1
-                if token in self.eos and not sampling.ignore_eos:
-                    finish = "stop"
-                    break
-                new = detokenizer.add(token) if token not in self.eos else ""  # an ignored EOS: counted
-                out, matched = held.feed(new)
-                if out:
-                    yield TextStep(out, produced)
-                if matched or stop.is_set():
-                    finish = "stop" if matched else "cancelled"
-                    break
+            yield from text_steps(
+                (_token(sampled) for sampled, _ in steps),
+                _Detokenizer(self.tokenizer),
+                eos=self.eos,
+                ignore_eos=sampling.ignore_eos,
+                stop_strings=sampling.stop,
+                stop=stop,
+                on_token=self._count,
+            )
         except (ValueError, RuntimeError) as exc:  # mlx raising on a valid request: the engine's fault
             raise EngineFailure(f"mlx-vlm generation failed: {type(exc).__name__}: {exc}") from None
         finally:
             steps.close()
-        if not matched:  # the text the detokenizer still holds, then what was held for stop strings
-            rest, matched = _rest(detokenizer, held)
-            finish = "stop" if matched else finish
-            if rest:
-                yield TextStep(rest, produced)
-        done = time.perf_counter()
-        first = first or done
-        yield TextStep("", produced, finish, (first - started) * 1e3, (done - first) * 1e3)
+
+    def _count(self) -> None:
+        self.generated += 1
 
 
 class _Detokenizer:
@@ -307,12 +288,6 @@ def _decode(index: int, data: bytes) -> Any:
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(f"Images[{index}] is not an image Pillow can read (PNG, JPEG, ...): {exc}") from None
-
-
-def _rest(detokenizer: _Detokenizer, held: StopText) -> tuple[str, bool]:
-    """At the end: what the detokenizer and the stop-string hold-back still hold; whether a stop matched."""
-    tail, matched = held.feed(detokenizer.finish())
-    return tail + ("" if matched else held.flush()), matched
 
 
 def _context(config: dict[str, Any]) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from mlx_lm.utils import load as mlx_load
 from localfleet.errors import BadInput, EngineFailure, NotFound
 from localfleet.llm import chat_output
 from localfleet.llm.chat import check_roles
+from localfleet.llm.decoding import text_steps
 from localfleet.llm.replies import TextStep
 from localfleet.llm.sampling import Sampling
-from localfleet.llm.stops import StopText
 
 DEFAULT_CONTEXT = 4096  # for a config that names no context length
 #: tokens the repetition, presence and frequency penalties look back over (llama.cpp's default is 64)
@@ -160,54 +159,42 @@ class Engine:
                 f"the prompt ({len(ids)} tokens) leaves no room in the {self.context}-token context"
             )
         sampler, processors = _samplers(sampling)
-        detokenizer = self.tokenizer.detokenizer
-        held = StopText(sampling.stop)
-        started = time.perf_counter()
-        first = 0.0
-        produced = 0
-        finish = "length"
-        matched = False
         steps = generate_step(
             mx.array(ids), self.model, max_tokens=budget, sampler=sampler, logits_processors=processors
         )
         try:
-            for token, _ in steps:
-                if not first:
-                    first = time.perf_counter()
-                produced += 1
-                self.generated += 1
-                if token in self.eos and not sampling.ignore_eos:
-                    finish = "stop"
-                    break
-                if token not in self.eos:  # an ignored EOS is counted, not written
-                    detokenizer.add_token(token)
-                out, matched = held.feed(detokenizer.last_segment)
-                if out:
-                    yield TextStep(out, produced)
-                if matched:
-                    finish = "stop"
-                    break
-                if stop.is_set():
-                    finish = "cancelled"
-                    break
+            yield from text_steps(
+                (int(token) for token, _ in steps),
+                _Segments(self.tokenizer.detokenizer),
+                eos=self.eos,
+                ignore_eos=sampling.ignore_eos,
+                stop_strings=sampling.stop,
+                stop=stop,
+                on_token=self._count,
+            )
         except (ValueError, RuntimeError) as exc:  # mlx raising on a valid request: the engine's fault
             raise EngineFailure(f"mlx generation failed: {type(exc).__name__}: {exc}") from None
         finally:
             steps.close()
-        if not matched:  # the text the detokenizer still holds, then what was held for stop strings
-            rest, matched = _rest(detokenizer, held)
-            finish = "stop" if matched else finish
-            if rest:
-                yield TextStep(rest, produced)
-        done = time.perf_counter()
-        first = first or done
-        yield TextStep(
-            "",
-            produced,
-            finish=finish,
-            prompt_ms=(first - started) * 1e3,
-            generation_ms=(done - first) * 1e3,
-        )
+
+    def _count(self) -> None:
+        self.generated += 1
+
+
+class _Segments:
+    """mlx-lm's streaming detokenizer as `decoding.Detokenizer`: the segment each token completes."""
+
+    def __init__(self, detokenizer: Any) -> None:
+        detokenizer.reset()
+        self._detokenizer = detokenizer
+
+    def add(self, token: int) -> str:
+        self._detokenizer.add_token(token)
+        return str(self._detokenizer.last_segment)
+
+    def finish(self) -> str:
+        self._detokenizer.finalize()
+        return str(self._detokenizer.last_segment)
 
 
 def _samplers(sampling: Sampling) -> tuple[Any, list[Any]]:
@@ -229,13 +216,6 @@ def _samplers(sampling: Sampling) -> tuple[Any, list[Any]]:
         frequency_context_size=PENALTY_WINDOW,
     )
     return sampler, processors
-
-
-def _rest(detokenizer: Any, held: StopText) -> tuple[str, bool]:
-    """At the end: what the detokenizer and the stop-string hold-back still hold; whether a stop matched."""
-    detokenizer.finalize()
-    tail, matched = held.feed(detokenizer.last_segment)
-    return tail + ("" if matched else held.flush()), matched
 
 
 def _context(config: dict[str, Any]) -> int:
