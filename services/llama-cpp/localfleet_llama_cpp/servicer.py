@@ -9,11 +9,10 @@ tokens: a cancelled or disconnected stream stops within one token and frees the 
 from __future__ import annotations
 
 import codecs
-import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -27,6 +26,7 @@ from localfleet.llm import sampling as llm_sampling
 from localfleet.llm.chat_output import ChatReplies, Family
 from localfleet.llm.images import read_images
 from localfleet.llm.limits import bounded
+from localfleet.llm.logprobs import LogprobsJson
 from localfleet.options import BackendOptions
 from localfleet.paths import PathPolicy
 from localfleet.proto import backend_pb2 as pb
@@ -175,19 +175,14 @@ class LlamaCpp(Backend):
             else None
         )
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        logprobs: list[str] = []  # each entry JSON-encoded once
+        logprobs = LogprobsJson()
         produced = 0
         async for step in call.iterate(engine.generate, job.prompt, job.sampling, call.stop):
             call.count_tokens(step.tokens - produced)
             produced = step.tokens
             reply = _reply(step.text, step)
             last = step.finish is not None
-            new = _encoded(step.logprobs)
-            logprobs.extend(new)
-            # Each chunk carries its tokens; the last carries them all (core keeps the last it sees).
-            chunk = logprobs if last else new
-            if chunk:
-                reply.logprobs = _logprobs_json(chunk)
+            reply.logprobs = logprobs.add(step.logprobs, last=last)
             if replies is not None:
                 delta = replies.chunk(decoder.decode(step.text, final=last), last=last)
                 if delta is not None:
@@ -231,7 +226,7 @@ class LlamaCpp(Backend):
             stop=base.stop,
             grammar=request.Grammar,
             ignore_eos=base.ignore_eos,
-            logit_bias=_logit_bias(request.LogitBias, engine.n_vocab),
+            logit_bias=limits.logit_bias(request.LogitBias, engine.n_vocab),
             logprobs=base.logprobs is not None,
             top_logprobs=base.logprobs or 0,
             cache_prompt=self._options.cache_prompt or request.PromptCacheAll,
@@ -302,32 +297,10 @@ def _flash_attention(value: str) -> bool:
     return _FLASH[key]
 
 
-def _logit_bias(text: str, n_vocab: int) -> dict[int, float]:
-    if not text.strip():
-        return {}
-    raw = chat_input.parsed_json("LogitBias", text)
-    if not isinstance(raw, dict):
-        raise BadInput('LogitBias must be a JSON object of token id to bias, e.g. {"15043": -100}')
-    if len(raw) > limits.MAX_LOGIT_BIAS:
-        raise BadInput(f"LogitBias has {len(raw)} entries; at most {limits.MAX_LOGIT_BIAS} are accepted")
-    bias: dict[int, float] = {}
-    for key, value in raw.items():
-        try:
-            token, amount = int(key), float(value)
-        except (TypeError, ValueError):
-            raise BadInput(
-                f"LogitBias {excerpt(key)}: {excerpt(json.dumps(value))} is not a token id and a number"
-            ) from None
-        if not 0 <= token < n_vocab:
-            raise BadInput(f"LogitBias token {token} is outside the vocabulary (0..{n_vocab - 1})")
-        bias[token] = bounded(f"LogitBias[{token}]", amount)  # -100 bans a token
-    return bias
-
-
 def _complete(engine: Engine, job: Job, call: Call) -> pb.Reply:
     """Predict in a worker thread, reply included (logprobs JSON and chat parsing stay off the loop)."""
     parts: list[bytes] = []
-    logprobs: list[str] = []
+    logprobs = LogprobsJson()
     last = None
     produced = 0
     steps: Iterator[Step] = engine.generate(job.prompt, job.sampling, call.stop)
@@ -335,12 +308,11 @@ def _complete(engine: Engine, job: Job, call: Call) -> pb.Reply:
         call.count_tokens(step.tokens - produced)
         produced = step.tokens
         parts.append(step.text)
-        logprobs.extend(_encoded(step.logprobs))
+        logprobs.add(step.logprobs)
         last = step
     data = b"".join(parts)
     reply = _reply(data, last)
-    if logprobs:
-        reply.logprobs = _logprobs_json(logprobs)
+    reply.logprobs = logprobs.whole()
     if job.chat:
         replies = ChatReplies(job.family, tools=job.tools, reasoning_open=job.prompt.reasoning_open)
         message = replies.whole(data.decode("utf-8", errors="replace"))
@@ -359,12 +331,3 @@ def _reply(text: bytes, step: Step | None) -> pb.Reply:
         timing_prompt_processing=step.prompt_ms,
         timing_token_generation=step.generation_ms,
     )
-
-
-def _encoded(entries: list[dict[str, Any]]) -> list[str]:
-    return [json.dumps(entry, ensure_ascii=False) for entry in entries]
-
-
-def _logprobs_json(encoded: list[str]) -> bytes:
-    """`{"content": [...]}` from entries encoded one by one: the bytes json.dumps gives the whole."""
-    return ('{"content": [' + ", ".join(encoded) + "]}").encode()

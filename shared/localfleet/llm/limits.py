@@ -10,11 +10,12 @@ request gets INVALID_ARGUMENT and the model keeps serving.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 from localfleet.errors import BadInput
-from localfleet.inputs import excerpt
+from localfleet.inputs import excerpt, parse_json
 
 #: Grammar size: a chain of rules, which is what crashes the left-recursion check, needs at least ~10
 #: bytes a rule, so 64 KiB bounds a chain at ~6,500 rules, a fifth of a chain that passed. Grammars core
@@ -199,3 +200,27 @@ def penalty(value: float) -> float:
     """The repeat penalty, a divisor of logits: 0 (or less) turns it off, which is 1.0 for llama.cpp."""
     value = bounded("Penalty", value, least=MIN_DIVISOR)
     return value if value > 0 else 1.0
+
+
+def logit_bias(text: str, n_vocab: int) -> dict[int, float]:
+    """`LogitBias` (`{"token id": bias}`) checked against a vocabulary of `n_vocab` tokens."""
+    if not text.strip():
+        return {}
+    check_json("LogitBias", text)
+    raw = parse_json(text, "LogitBias")
+    if not isinstance(raw, dict):
+        raise BadInput('LogitBias must be a JSON object of token id to bias, e.g. {"15043": -100}')
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise BadInput(f"LogitBias has {len(raw)} entries; at most {MAX_LOGIT_BIAS} are accepted")
+    bias: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            token, amount = int(key), float(value)
+        except (TypeError, ValueError):
+            raise BadInput(
+                f"LogitBias {excerpt(key)}: {excerpt(json.dumps(value))} is not a token id and a number"
+            ) from None
+        if not 0 <= token < n_vocab:
+            raise BadInput(f"LogitBias token {token} is outside the vocabulary (0..{n_vocab - 1})")
+        bias[token] = bounded(f"LogitBias[{token}]", amount)  # -100 bans a token
+    return bias

@@ -1,0 +1,1 @@
+"""localfleet vllm backend: LLM generation and embeddings on vLLM's async engine."""
