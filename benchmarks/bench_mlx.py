@@ -26,12 +26,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.mlx.tokenizer: the tokenizer the tests train
+    sys.path.insert(0, str(ROOT))  # tests.tiny_tokenizer: the tokenizer the tests train
 
 from localfleet.client import connect  # noqa: E402 (after the path above)
 from localfleet.proto import backend_pb2 as pb  # noqa: E402
 from localfleet.testing import spawn  # noqa: E402
-from tests.mlx.tokenizer import build_tokenizer  # noqa: E402
+from tests.tiny_tokenizer import build_tokenizer  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog. A man is eating food."
 
@@ -42,7 +42,7 @@ def build_model(folder: Path, hidden: int, layers: int) -> Path:
     from mlx.utils import tree_flatten
     from mlx_lm.models.llama import Model, ModelArgs
 
-    tokenizer = build_tokenizer(folder, [], "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    tokenizer = build_tokenizer(folder, "{% for m in messages %}{{ m['content'] }}{% endfor %}")
     args: dict[str, Any] = {
         "model_type": "llama",
         "hidden_size": hidden,

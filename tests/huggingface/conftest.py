@@ -54,6 +54,12 @@ class Endpoint:
                 time.sleep(0.1)  # a poll of a bounded wait for the server to listen
         raise AssertionError("llama_cpp.server did not start")
 
+    def settle(self) -> None:
+        """Until the server has finished what an earlier test left it computing (it serves one request
+        at a time: a models listing answers once the generation before it is over)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        httpx2.get(f"{self.url}/v1/models", headers=headers, timeout=300).raise_for_status()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -3,6 +3,7 @@ the endpoint answers, and the endpoint's failures are statuses that name it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -207,6 +208,7 @@ async def test_a_slow_endpoint_is_deadline_exceeded(endpoint: Endpoint) -> None:
         err = await error_of(served.client.backend.Predict(greedy(Prompt=prompt, Tokens=4)))
         assert err.status == Status.DEADLINE_EXCEEDED
         assert "did not answer in time" in (err.message or "")
+    await asyncio.to_thread(endpoint.settle)  # the server still computes the abandoned request
 
 
 async def test_offline_mode_fails_the_load_saying_why(
@@ -229,6 +231,7 @@ def connections_to(port: int) -> int:
 
 
 async def test_free_closes_the_pooled_connections_to_the_endpoint(endpoint: Endpoint) -> None:
+    await asyncio.to_thread(endpoint.settle)
     async with serving(HuggingFace()) as served:
         assert (await served.client.backend.LoadModel(pb.ModelOptions(Model=endpoint.url))).success
         assert (await served.client.backend.Predict(greedy(Prompt="Hi", Tokens=2))).tokens == 2

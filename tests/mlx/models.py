@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.mlx.tokenizer import build_tokenizer
+from tests.tiny_tokenizer import build_tokenizer
 
 CALL = '{"name":"get_weather","arguments":{"city":"Paris"}}'
 REASONING = "Clear_sky_outside."
@@ -53,7 +53,7 @@ def build_tiny_mlx_llama(folder: Path, context: int = 4096, seed: int = 0) -> Pa
     from mlx.utils import tree_flatten
     from mlx_lm.models.llama import Model, ModelArgs
 
-    tokenizer = build_tokenizer(folder, ADDED, CHAT_TEMPLATE)
+    tokenizer = build_tokenizer(folder, CHAT_TEMPLATE, added=ADDED)
 
     vocab = len(tokenizer)
     ids = {t: int(tokenizer.get_vocab()[t]) for t in {*ADDED, "<s>", "</s>", "<unk>"}}

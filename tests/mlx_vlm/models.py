@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.mlx.tokenizer import build_tokenizer
+from tests.tiny_tokenizer import build_tokenizer
 
 ADDED = ["<|user|>", "<|system|>", "<|assistant|>", "<|tool|>"]
 #: BOS once, a header per message, the images where the message's content lists them, tools in a
@@ -36,7 +36,7 @@ def build_tiny_llava(folder: Path, context: int = 2048, seed: int = 0) -> Path:
     from mlx_vlm.models.llava.llava import Model
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    tokenizer = build_tokenizer(folder, ADDED, CHAT_TEMPLATE, special=("<image>",))
+    tokenizer = build_tokenizer(folder, CHAT_TEMPLATE, added=ADDED, special=("<image>",))
     config: dict[str, Any] = {
         "model_type": "llava",
         "image_token_index": tokenizer.get_vocab()["<image>"],

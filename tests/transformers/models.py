@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: text the tokenizer is trained on, so common English words are single tokens
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A man is eating food. A man is eating a piece of bread. The girl is carrying a baby.",
-    "Hello, how are you today? I am fine, thank you. What is the weather like?",
-    "user assistant system tool: the model answers the question in one short sentence.",
-] * 20
+from tests.tiny_llama import save_tiny_llama
+from tests.tiny_tokenizer import CORPUS, build_tokenizer
 
 #: a small template in the shape real ones have: BOS once, a header per message, a generation prompt
 CHAT_TEMPLATE = (
@@ -23,39 +18,10 @@ CHAT_TEMPLATE = (
 
 def build_tiny_llama(folder: Path, context: int = 4096) -> Path:
     """A random LlamaForCausalLM (~100k parameters) and its tokenizer, saved as a transformers folder."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tokenizer = build_tokenizer(folder, CHAT_TEMPLATE)
+    return save_tiny_llama(
+        folder, tokenizer, hidden=32, intermediate=64, heads=4, kv_heads=2, context=context
     )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 def build_cross_encoder(folder: Path, seed: int = 0) -> Path:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: text the tokenizer is trained on, so common English words are single tokens
+from tests.tiny_llama import save_tiny_llama
+from tests.tiny_tokenizer import SENTENCES as CORPUS_SENTENCES
+from tests.tiny_tokenizer import build_tokenizer
+
+#: the shared sentences and a tool call, so its markup is a few tokens
 CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A man is eating food. A man is eating a piece of bread. The girl is carrying a baby.",
-    "Hello, how are you today? I am fine, thank you. What is the weather like?",
-    "user assistant system tool: the model answers the question in one short sentence.",
+    *CORPUS_SENTENCES,
     '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> <think> </think>',
 ] * 20
 
@@ -28,39 +29,10 @@ CHAT_TEMPLATE = (
 def build_tiny_llama(folder: Path, *, context: int = 4096) -> Path:
     """A random LlamaForCausalLM (~350k parameters, two heads of 64) and its tokenizer, saved as a
     transformers folder vLLM loads."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tokenizer = build_tokenizer(folder, CHAT_TEMPLATE, corpus=CORPUS)
+    return save_tiny_llama(
+        folder, tokenizer, hidden=128, intermediate=256, heads=2, kv_heads=1, context=context
     )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers' __init__ is untyped
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)  # type: ignore[no-untyped-call]  # untyped __init__
-    return folder
 
 
 def build_lora(folder: Path, base: Path, *, rank: int = 8) -> Path:
