@@ -127,6 +127,28 @@ class Target:
         return self.counts.get(rpc, usual)
 
 
+def capped_tokens(most: int) -> Callable[[str, Message], None]:
+    """A `tame` for generating backends: no request asks for more than `most` new tokens."""
+
+    def tame(rpc: str, request: Message) -> None:
+        if isinstance(request, pb.PredictOptions) and request.Tokens > most:
+            request.Tokens = most
+
+    return tame
+
+
+def chat_seeds(tokens: int) -> tuple[pb.PredictOptions, pb.PredictOptions]:
+    """An LLM's two seeds: a sampled prompt (with Messages a template would take) and a templated chat."""
+    chat = pb.PredictOptions(
+        Prompt="The quick brown fox",
+        Messages=[pb.Message(role="user", content="Hello, how are you?")],
+        Tokens=tokens,
+        Temperature=0.7,
+        Seed=1,
+    )
+    return chat, pb.PredictOptions(Messages=chat.Messages, UseTokenizerTemplate=True, Tokens=tokens)
+
+
 def served(backend: type) -> list[str]:
     """The RPCs a backend class serves, as the runtime decides (localfleet.service)."""
     return sorted(m.name for m in SERVICE.methods if m.name in CONTROL or hasattr(backend, m.name))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel
 
 from localfleet import memory
+from localfleet.errors import BadInput
 from localfleet.options import NoOptions
 
 if TYPE_CHECKING:
@@ -118,6 +119,29 @@ class Backend:
     def close(self) -> None:
         """At exit, after the last call: flush whatever must survive a restart (blocking)."""
         self.unload()
+
+
+def beside_model(path: str, model_dir: str, field: str, *, folder: bool = False) -> str:
+    """A file (or `folder`) LoadModel names beside the model (a LoRA adapter, a projector): relative to
+    ModelPath unless absolute; BadInput naming `field` when it is not there."""
+    resolved = path if os.path.isabs(path) or not model_dir else os.path.join(model_dir, path)
+    if not (os.path.isdir(resolved) if folder else os.path.isfile(resolved)):
+        raise BadInput(f"{field} {'folder' if folder else 'file'} not found: {resolved}")
+    return resolved
+
+
+def lora_adapters(
+    request: pb.ModelOptions, model_dir: str, *, folders: bool = False
+) -> tuple[tuple[str, float], ...]:
+    """(path, scale) of every LoRA adapter a LoadModel names: `LoraAdapter` with `LoraScale`, then
+    `LoraAdapters` with `LoraScales`; a scale of 0 (not sent) is 1.0."""
+    named = [("LoraAdapter", request.LoraAdapter, request.LoraScale)] if request.LoraAdapter else []
+    scales = list(request.LoraScales)
+    for i, adapter in enumerate(request.LoraAdapters):
+        named.append((f"LoraAdapters[{i}]", adapter, scales[i] if i < len(scales) else 0.0))
+    return tuple(
+        (beside_model(path, model_dir, field, folder=folders), scale or 1.0) for field, path, scale in named
+    )
 
 
 #: single-file formats other backends serve; core probes every backend with a model name

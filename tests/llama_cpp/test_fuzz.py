@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -21,11 +20,6 @@ TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"ty
 
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)
-
-
-def tame(rpc: str, request: Message) -> None:
-    if isinstance(request, pb.PredictOptions) and request.Tokens > MAX_TOKENS:
-        request.Tokens = MAX_TOKENS
 
 
 def target(folder: Path, per_rpc: int = PER_RPC, gguf: Path | None = None) -> fuzzing.Target:
@@ -60,7 +54,7 @@ def target(folder: Path, per_rpc: int = PER_RPC, gguf: Path | None = None) -> fu
         rss_bound=2560 * MiB,
         per_rpc=per_rpc,
         counts={"LoadModel": max(20, per_rpc // 3)},
-        tame=tame,
+        tame=fuzzing.capped_tokens(MAX_TOKENS),
         # The GGUF may lie beside the other tests' copy; a bundled name assembles into the folder.
         env={"LOCALFLEET_MODEL_PATH": str(gguf.parent), "XDG_CACHE_HOME": str(folder)},
     )

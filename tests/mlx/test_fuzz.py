@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -22,24 +21,12 @@ MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(600)
 
 
-def tame(rpc: str, request: Message) -> None:
-    if isinstance(request, pb.PredictOptions) and request.Tokens > MAX_TOKENS:
-        request.Tokens = MAX_TOKENS
-
-
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     # The model lies in the folder requests may use, as a models volume would.
     llama = folder / "tiny-mlx-llama"
     if not (llama / "config.json").exists():
         build_tiny_mlx_llama(llama)
-    chat = pb.PredictOptions(
-        Prompt="The quick brown fox",
-        Messages=[pb.Message(role="user", content="Hello, how are you?")],
-        Tokens=MAX_TOKENS,
-        Temperature=0.7,
-        Seed=1,
-    )
-    templated = pb.PredictOptions(Messages=chat.Messages, UseTokenizerTemplate=True, Tokens=MAX_TOKENS)
+    chat, templated = fuzzing.chat_seeds(MAX_TOKENS)
     text = pb.PredictOptions(Embeddings="A man is eating food.", Prompt="A man is eating food.")
     stages = [
         fuzzing.Stage(
@@ -55,7 +42,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         rss_bound=1024 * MiB,
         per_rpc=per_rpc,
         counts={"LoadModel": per_rpc // 4},
-        tame=tame,
+        tame=fuzzing.capped_tokens(MAX_TOKENS),
     )
 
 

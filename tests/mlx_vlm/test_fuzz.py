@@ -7,7 +7,6 @@ import base64
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -21,11 +20,6 @@ MAX_TOKENS = 8
 
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)
-
-
-def tame(rpc: str, request: Message) -> None:
-    if isinstance(request, pb.PredictOptions) and request.Tokens > MAX_TOKENS:
-        request.Tokens = MAX_TOKENS
 
 
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
@@ -57,7 +51,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         rss_bound=1536 * MiB,
         per_rpc=per_rpc,
         counts={"LoadModel": per_rpc // 4},
-        tame=tame,
+        tame=fuzzing.capped_tokens(MAX_TOKENS),
     )
 
 

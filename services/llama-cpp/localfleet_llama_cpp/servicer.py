@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from localfleet.backend import Backend, ModelRef
+from localfleet.backend import Backend, ModelRef, beside_model, lora_adapters
 from localfleet.call import Call
 from localfleet.errors import BackendError, BadInput
 from localfleet.inputs import excerpt
@@ -118,8 +118,8 @@ class LlamaCpp(Backend):
             rope_freq_base=request.RopeFreqBase,
             rope_freq_scale=request.RopeFreqScale,
             embeddings=request.Embeddings,
-            loras=_loras(request, model.model_dir),
-            mmproj=_aside(request.MMProj, model.model_dir, "MMProj") if request.MMProj else "",
+            loras=lora_adapters(request, model.model_dir),
+            mmproj=beside_model(request.MMProj, model.model_dir, "MMProj") if request.MMProj else "",
             chat_template=options.chat_template or "",
             nice=options.nice,
         )
@@ -263,25 +263,6 @@ def model_path(model: ModelRef) -> str:
     if not os.path.isabs(path) and model.model_dir and not os.path.exists(path):
         path = os.path.join(model.model_dir, path)
     return path
-
-
-def _aside(path: str, model_dir: str, field: str) -> str:
-    """A file named beside the model (LoRA, projector), relative to ModelPath when not absolute."""
-    resolved = path if os.path.isabs(path) or not model_dir else os.path.join(model_dir, path)
-    if not os.path.isfile(resolved):
-        raise BadInput(f"{field} file not found: {resolved}")
-    return resolved
-
-
-def _loras(request: pb.ModelOptions, model_dir: str) -> tuple[tuple[str, float], ...]:
-    pairs: list[tuple[str, float]] = []
-    if request.LoraAdapter:
-        pairs.append((_aside(request.LoraAdapter, model_dir, "LoraAdapter"), request.LoraScale or 1.0))
-    scales = list(request.LoraScales)
-    for i, adapter in enumerate(request.LoraAdapters):
-        scale = scales[i] if i < len(scales) and scales[i] != 0 else 1.0
-        pairs.append((_aside(adapter, model_dir, f"LoraAdapters[{i}]"), scale))
-    return tuple(pairs)
 
 
 def _extra_hint(path: str) -> str:

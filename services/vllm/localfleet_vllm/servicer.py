@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from localfleet.backend import Backend, ModelRef, folder_refusal
+from localfleet.backend import Backend, ModelRef, folder_refusal, lora_adapters
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded
 from localfleet.llm import chat as chat_input
@@ -277,23 +277,9 @@ def load_spec(model: ModelRef, options: VllmOptions, request: pb.ModelOptions) -
 
 
 def _loras(request: pb.ModelOptions) -> tuple[tuple[str, float], ...]:
-    import os
-
-    pairs: list[tuple[str, float]] = []
-    if request.LoraAdapter:
-        pairs.append((request.LoraAdapter, request.LoraScale or 1.0))
-    scales = list(request.LoraScales)
-    for i, adapter in enumerate(request.LoraAdapters):
-        pairs.append((adapter, scales[i] if i < len(scales) and scales[i] else 1.0))
-    resolved = []
-    for path, scale in pairs:
-        full = path if os.path.isabs(path) or not request.ModelPath else os.path.join(request.ModelPath, path)
-        if not os.path.isdir(full):
-            raise BadInput(f"LoRA adapter folder not found: {full} (a PEFT folder: adapter_config.json)")
-        resolved.append((full, scale))
-    if len(resolved) > 1:
+    if bool(request.LoraAdapter) + len(request.LoraAdapters) > 1:
         raise BadInput("vLLM applies one LoRA adapter per request here; name one (LoraAdapter)")
-    return tuple(resolved)
+    return lora_adapters(request, request.ModelPath, folders=True)  # PEFT folders
 
 
 def structured(grammar: str) -> tuple[str, dict[str, Any] | None]:
