@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 class Call:
@@ -62,6 +64,14 @@ class Call:
             self._first_token_seen = True
             self._metrics.first_token.observe(time.perf_counter() - self._started)
         self._metrics.tokens.inc(n)
+
+    def progress(self, done: int, total: int) -> None:
+        """For engine code doing long work in steps (denoising): stop here if asked, else count the step
+        in the metrics and the log."""
+        self.raise_if_stopped()
+        if self._metrics is not None:
+            self._metrics.steps.labels(self.rpc).inc()
+        log.info("%s: step %d/%d", self.rpc, done, total)
 
     def raise_if_stopped(self) -> None:
         """For engine code: call between steps to stop promptly."""

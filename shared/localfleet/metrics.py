@@ -58,6 +58,12 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900),
             registry=self.registry,
         )
+        self.steps = Counter(
+            "localfleet_steps",
+            "steps of long work done (denoising steps), by method",
+            ["rpc"],
+            registry=self.registry,
+        )
         self.tokens = Counter("localfleet_tokens_generated", "tokens generated", registry=self.registry)
         self.first_token = Histogram(
             "localfleet_time_to_first_token_seconds",

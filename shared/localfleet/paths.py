@@ -131,6 +131,10 @@ class FileKind:
 
 
 WAV = FileKind("WAV", (".wav", ".wave"), ((0, b"RIFF"), (8, b"WAVE")))
+PNG = FileKind("PNG", (".png",), ((0, b"\x89PNG\r\n\x1a\n"),))
+MP4 = FileKind("MP4", (".mp4", ".m4v"), ((4, b"ftyp"),))
+#: every kind of file a backend here writes
+KINDS = (WAV, PNG, MP4)
 #: bytes read from an existing file to tell its kind (never quoted back)
 HEAD_BYTES = 16
 

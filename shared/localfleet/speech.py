@@ -5,10 +5,8 @@ language and model into an `Utterance` (a sample rate and a generator of PCM chu
 `BadInput` / `NotFound` naming what it has. This module owns the rest, the same for every engine:
 
 - Audio is PCM, 16-bit signed little-endian, mono, at the voice's own sample rate.
-- `TTS` writes a RIFF/WAVE file of that PCM to `dst`. It writes a hidden temporary file in `dst`'s
-  folder and renames it into place only once the last sample is written, then syncs the folder, so
-  `success=true` always means a complete file, on disk, and a failure leaves no partial one. A killed
-  process cannot clean up: later writes remove such leftovers (see `remove_stale_parts`).
+- `TTS` writes a RIFF/WAVE file of that PCM to `dst` through `files.replacing`, so `success=true`
+  always means a complete file, on disk, and a failure leaves no partial one.
 - `TTSStream` sends one `Reply` per chunk as the engine finishes it (a sentence, for both Piper and
   Kokoro), so the first audio arrives before the rest of the text is synthesized. `Reply.audio` is raw
   PCM with no WAV header. The first `Reply` also carries, in `message`, the JSON object
@@ -21,14 +19,8 @@ language and model into an `Utterance` (a sample rate and a generator of PCM chu
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import re
-import secrets
-import stat
-import time
 import unicodedata
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,9 +29,10 @@ from pathlib import Path
 
 from pydantic import Field
 
+from localfleet import files
 from localfleet.backend import Backend
 from localfleet.call import Call
-from localfleet.errors import BadInput, EngineFailure, Unwritable
+from localfleet.errors import BadInput
 from localfleet.inputs import excerpt
 from localfleet.memory import LARGE_REQUEST_BYTES, trim_after_large
 from localfleet.options import BackendOptions
@@ -49,12 +42,6 @@ from localfleet.proto import backend_pb2 as pb
 CHANNELS = 1
 SAMPLE_WIDTH = 2  # bytes: s16le
 
-#: a temporary file of ours untouched this long was left by a killed write (a live one grows every chunk)
-STALE_PART_SECONDS = 3600.0
-_PART_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
-# Folders swept lately, and when: a folder of many files is not listed on every write.
-_SWEPT: dict[Path, float] = {}
-_SWEEP_EVERY = 600.0
 
 #: the most characters an engine is given at once. One run's memory grows with its length (Piper: 1.3
 #: GiB for 1,000 characters with no sentence end in them, 0.25 GiB for 200)
@@ -166,104 +153,22 @@ def stream_header(sample_rate: int) -> bytes:
 
 
 def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Written:
-    """Synthesize into a temporary file beside `dst`, then rename it to `dst` (blocking).
+    """Synthesize into `dst` through `files.replacing` (blocking): a complete file or none.
 
-    Calls `check` (the call's `raise_if_stopped`) between chunks; any failure removes the temporary
-    file and leaves `dst` as it was.
+    Calls `check` (the call's `raise_if_stopped`) between chunks.
     """
-    # Created like any new file (0666 less the umask), so core can read it as it reads its own files.
-    partial = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
-    try:
-        handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
-    except OSError as exc:
-        raise Unwritable(
-            f"cannot write in {str(dst.parent)!r}: {exc.strerror or exc} (this backend runs as uid "
-            f"{os.getuid()}; the folder must be writable by it)"
-        ) from None
-    try:
-        frames = 0
-        with handle, wave.open(handle, "wb") as wav:
-            wav.setnchannels(CHANNELS)
-            wav.setsampwidth(SAMPLE_WIDTH)
-            wav.setframerate(utterance.sample_rate)
-            for chunk in _chunks(utterance, check):
-                wav.writeframes(chunk)
-                frames += len(chunk) // SAMPLE_WIDTH
-            if not frames:
-                raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
-            wav.close()  # writes the final sizes into the header before the data is synced
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
-    _sync_folder(dst)
-    _sweep_now_and_then(dst.parent)
+    frames = 0
+    with files.replacing(dst, WAV) as handle, wave.open(handle, "wb") as wav:
+        wav.setnchannels(CHANNELS)
+        wav.setsampwidth(SAMPLE_WIDTH)
+        wav.setframerate(utterance.sample_rate)
+        for chunk in _chunks(utterance, check):
+            wav.writeframes(chunk)
+            frames += len(chunk) // SAMPLE_WIDTH
+        if not frames:
+            raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
+        wav.close()  # writes the final sizes into the header before the data is synced
     return Written(dst, frames, utterance.sample_rate)
-
-
-def _sync_folder(dst: Path) -> None:
-    """A rename is durable only once the folder's entries are on disk, not just the file's data."""
-    try:
-        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.ENOTSUP):
-            return  # a file system that cannot sync a folder: nothing more to do
-        raise EngineFailure(
-            f"wrote {str(dst)!r} but cannot sync its folder: {exc.strerror or exc}; the file may not "
-            "survive a power cut. Check the volume"
-        ) from None
-
-
-def _sweep_now_and_then(folder: Path) -> None:
-    now = time.monotonic()
-    if now - _SWEPT.get(folder, -_SWEEP_EVERY) < _SWEEP_EVERY:
-        return
-    _SWEPT[folder] = now
-    remove_stale_parts(folder)
-
-
-def remove_stale_parts(folder: Path, now: float | None = None) -> list[Path]:
-    """Remove the temporary files that killed writes left in `folder`; returns those removed.
-
-    Only files surely ours go: named `.{name}.{8 hex}.part`, a plain file (no link), owned by this
-    user, empty or starting with a WAV header, and untouched for `STALE_PART_SECONDS`.
-    """
-    now = time.time() if now is None else now
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []  # best effort: the write itself succeeded
-    removed: list[Path] = []
-    for entry in entries:
-        if _PART_NAME.fullmatch(entry.name) and _stale_and_ours(entry, now):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _stale_and_ours(entry: os.DirEntry[str], now: float) -> bool:
-    try:
-        info = entry.stat(follow_symlinks=False)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return False
-        if now - info.st_mtime < STALE_PART_SECONDS:
-            return False
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        try:
-            head = os.read(fd, 12)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    return head == b"" or (head[:4] == b"RIFF" and head[8:] == b"WAVE")
 
 
 def _chunks(utterance: Utterance, check: Callable[[], None]) -> Iterator[bytes]:

@@ -1,4 +1,5 @@
-"""The TTS file write shared by every speech backend, without an engine: durable rename, leftovers."""
+"""The file write shared by every backend that writes files (here through TTS's), without an engine:
+durable rename, leftovers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from localfleet import speech
+from localfleet import files
 from localfleet.errors import Unwritable
 from localfleet.speech import Utterance, write_wav
 
@@ -59,11 +60,13 @@ def _make(path: Path, data: bytes, age: float) -> Path:
 
 
 def test_a_write_removes_stale_leftovers_of_killed_writes_and_nothing_else(tmp_path: Path) -> None:
-    old = speech.STALE_PART_SECONDS + 60
+    old = files.STALE_PART_SECONDS + 60
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
     wav = HEADER + b"\x00" * 32
     removed = {
         _make(tmp_path / ".song.wav.0123abcd.part", wav, old),
         _make(tmp_path / ".empty.wav.89abcdef.part", b"", old),  # killed before its first chunk
+        _make(tmp_path / ".image.png.0123abcd.part", png, old),  # an image backend's, same folder
     }
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -78,6 +81,8 @@ def test_a_write_removes_stale_leftovers_of_killed_writes_and_nothing_else(tmp_p
         _make(tmp_path / ".song.wav.0123ABCD.part", wav, old),
         _make(tmp_path / ".song.wav.0123abcd.part.bak", wav, old),
         _make(tmp_path / ".notes.txt.0123abcd.part", b"my notes", old),  # not a WAV file
+        _make(tmp_path / ".notes.png.0123abcd.part", b"my notes", old),  # named PNG, holds none
+        _make(tmp_path / ".song.png.0123abcd.part", wav, old),  # a WAV under a PNG name
         link,
         tmp_path / ".dir.wav.00000000.part",
         elsewhere,

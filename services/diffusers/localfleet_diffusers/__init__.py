@@ -1,0 +1,1 @@
+"""localfleet diffusers backend."""
