@@ -36,3 +36,10 @@ def tiny_upscaler(models_dir: Path) -> Path:
     from tests.diffusers.models import build_tiny_upscaler
 
     return build_tiny_upscaler(models_dir / "tiny-upscaler")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd: Path, models_dir: Path) -> Path:
+    from tests.diffusers.models import build_tiny_lora
+
+    return build_tiny_lora(tiny_sd, models_dir / "tiny-lora")

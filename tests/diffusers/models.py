@@ -179,3 +179,24 @@ def build_tiny_upscaler(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_tiny_lora(sd_folder: Path, folder: Path) -> Path:
+    """A random LoRA adapter (rank 4) for the tiny SD's UNet attention, as a diffusers LoRA file."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    path = folder / "pytorch_lora_weights.safetensors"
+    if path.is_file():
+        return path
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    # Random (not zero) B matrices, so the adapter changes what the UNet predicts.
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
+    return path

@@ -290,3 +290,33 @@ async def test_a_scheduler_by_name_changes_the_image(tiny_sd: Path, tmp_path: Pa
         await generate(served, dst=str(tmp_path / "euler.png"), seed=3)
     expected = bare(tiny_sd, 3, prompt=PROMPT, width=64, height=64, num_inference_steps=2)
     assert not np.array_equal(pixels(tmp_path / "euler.png"), expected)  # DDIM's image, not this one
+
+
+async def test_a_lora_adapter_applies_at_its_scale(tiny_sd: Path, tiny_lora: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    async with serving(Diffusers()) as served:
+        loaded = await served.client.backend.LoadModel(
+            pb.ModelOptions(
+                Model=str(tiny_sd), ModelPath=str(tiny_lora.parent), LoraAdapter=tiny_lora.name, LoraScale=0.7
+            )
+        )
+        assert loaded.success, loaded.message
+        assert loaded.message.endswith("1 LoRA adapter(s)")
+        await generate(served, dst=str(tmp_path / "lora.png"), seed=4)
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_sd), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tiny_lora), adapter_name="mine")
+    pipe.set_adapters(["mine"], adapter_weights=[0.7])
+    made = pipe(
+        prompt=PROMPT,
+        width=64,
+        height=64,
+        num_inference_steps=2,
+        generator=torch.Generator("cpu").manual_seed(4),
+        output_type="pil",
+    ).images[0]
+    assert np.array_equal(pixels(tmp_path / "lora.png"), np.asarray(made.convert("RGB")))
+    plain = bare(tiny_sd, 4, prompt=PROMPT, width=64, height=64, num_inference_steps=2)
+    assert not np.array_equal(pixels(tmp_path / "lora.png"), plain)
