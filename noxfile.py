@@ -60,8 +60,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def types(session: nox.Session) -> None:
     """The runtime, strict; each backend is type-checked in its own environment by tests-<backend>."""
-    # The audio extra too: localfleet.audio and `call vad` import numpy, av and soundfile when used.
-    session.install("-e", "shared[dev,deploy,install,audio]")
+    # The audio and images extras too: localfleet.audio, `call vad` and localfleet.pictures import numpy,
+    # av, soundfile and Pillow when used.
+    session.install("-e", "shared[dev,deploy,install,audio,images]")
     session.run("mypy", *RUNTIME_TYPED, env={"MYPYPATH": mypy_path()})
 
 

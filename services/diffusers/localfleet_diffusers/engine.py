@@ -260,7 +260,8 @@ class Painter:
             kwargs["image"] = job.image
         elif job.ref_images:
             kwargs["image"] = job.ref_images if len(job.ref_images) > 1 else job.ref_images[0]
-        return self._run(pipe, job, kwargs).images[0]
+        made: Image.Image = self._run(pipe, job, kwargs).images[0]
+        return made
 
     def video(self, job: Job) -> list[Image.Image]:
         kwargs = self._common(job, self.pipe)
@@ -272,7 +273,8 @@ class Painter:
 
     def upscale(self, image: Image.Image, job: Job) -> Image.Image:
         kwargs: dict[str, Any] = {"prompt": job.prompt, "image": image, "num_inference_steps": job.steps}
-        return self._run(self.pipe, job, kwargs).images[0]
+        made: Image.Image = self._run(self.pipe, job, kwargs).images[0]
+        return made
 
     def _common(self, job: Job, pipe: Any) -> dict[str, Any]:
         offered: dict[str, Any] = {

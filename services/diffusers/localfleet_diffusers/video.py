@@ -26,6 +26,6 @@ def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[]
         stream.options = {"crf": "18", "preset": "medium"}
         for image in frames:
             check()
-            frame = av.VideoFrame.from_image(image.convert("RGB"))
+            frame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]  # PyAV leaves it unannotated
             container.mux(stream.encode(frame.reformat(stream.width, stream.height, "yuv420p")))
         container.mux(stream.encode(None))
