@@ -1,10 +1,13 @@
-"""Images in requests, for every image backend: GenerateImage's `src` and `ref_images` (file paths),
-UpscaleImage's `src`, GenerateVideo's `start_image` (paths), Detect's `src` (base64).
+"""Images in and out, for every image backend.
 
-Each is decoded the same way and a bad one refused the same way, before it reaches an engine: empty,
-not an image, truncated, or more pixels than `max_pixels` (a small compressed file can decode to
-gigapixels): each a BadInput naming the field. PNGs go to `dst` through `files.replacing`. Pillow is
-imported on first use (the runtime's `images` extra), never at start-up.
+In: GenerateImage's `src` and `ref_images` (file paths), UpscaleImage's `src`, GenerateVideo's
+`start_image` (paths), Detect's `src` (base64). Each is decoded the same way and a bad one refused the
+same way, before it reaches an engine: empty, not an image, truncated, or more pixels than `max_pixels`
+(a small compressed file can decode to gigapixels): each a BadInput naming the field. The numbers of a
+generation (size, steps, frames, seed) are checked here too, so every backend words them alike.
+
+Out: PNGs and MP4s go to `dst` through `files.replacing`, complete or not at all. Pillow (the runtime's
+`images` extra) and PyAV (`audio`) are imported on first use, never at start-up.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import base64
 import binascii
 import io
 import os
+import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from localfleet import files
 from localfleet.errors import BadInput
 from localfleet.inputs import excerpt
-from localfleet.paths import PATH_CHARS, PNG, PathPolicy
+from localfleet.paths import MP4, PATH_CHARS, PNG, PathPolicy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +35,10 @@ MAX_PIXELS = 8192 * 8192
 #: the largest image file read from a path (core's own messages stop at 50 MiB)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 FORMATS = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+#: the longest side an output may have, whatever a backend's max_pixels says
+MAX_SIDE = 8192
+#: seeds drawn for seed 0 lie in [0, SEED_RANGE): every engine takes them
+SEED_RANGE = 2**31
 
 
 def decode(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -83,3 +92,51 @@ def write_png(image: Image.Image, dst: Path) -> None:
     """`image` to `dst` as a PNG, complete or not at all (blocking)."""
     with files.replacing(dst, PNG) as handle:
         image.save(handle, format="PNG")
+
+
+def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[], None]) -> None:
+    """`frames` as H.264 in yuv420p (what browsers and core's clients play) with PyAV's libx264, into
+    `dst`, complete or not at all (blocking); `check` runs between frames."""
+    import av
+
+    width, height = frames[0].size
+    with files.replacing(dst, MP4) as handle, av.open(handle, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        # yuv420p halves chroma in both directions: an odd side is cropped by one pixel.
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "medium"}
+        for image in frames:
+            check()
+            frame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]  # PyAV leaves it unannotated
+            container.mux(stream.encode(frame.reformat(stream.width, stream.height, "yuv420p")))
+        container.mux(stream.encode(None))
+
+
+# -- the numbers of a generation ---------------------------------------------------------------------
+def check_size(width: int, height: int, step: int, max_pixels: int, engine: str) -> None:
+    """An output size: positive, a multiple of `step` (what `engine` needs), within the caps."""
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0:
+            raise BadInput(f"{name} must be a positive number of pixels, a multiple of {step}; got {value}")
+        if value > MAX_SIDE:
+            raise BadInput(f"{name} {value} is over {MAX_SIDE} pixels")
+        if value % step:
+            raise BadInput(f"{name} {value} is not a multiple of {step}, as {engine} needs")
+    if width * height > max_pixels:
+        raise BadInput(
+            f"{width}x{height} is {width * height:,} pixels, over the {max_pixels:,} allowed (the "
+            "max_pixels option)"
+        )
+
+
+def check_count(value: int, most: int, field: str, what: str, option: str) -> int:
+    """A count a request asks for (steps, frames): 1 to `most`, which the LoadModel `option` sets."""
+    if not 1 <= value <= most:
+        raise BadInput(f"{field} must be 1 to {most} {what} (the {option} option), got {value}")
+    return value
+
+
+def seed_or_drawn(seed: int) -> int:
+    """`seed`, or a random one for 0, which proto3 cannot tell from unset; callers report which."""
+    return seed or secrets.randbelow(SEED_RANGE)

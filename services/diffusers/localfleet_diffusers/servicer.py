@@ -12,7 +12,6 @@ say which, so the image can be made again.
 
 from __future__ import annotations
 
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,7 +26,6 @@ from localfleet.inputs import excerpt
 from localfleet.options import BackendOptions
 from localfleet.paths import MP4, PNG
 from localfleet.proto import backend_pb2 as pb
-from localfleet_diffusers import video
 from localfleet_diffusers.engine import Job
 
 if TYPE_CHECKING:
@@ -37,9 +35,6 @@ if TYPE_CHECKING:
 
 #: the pipeline parameters EnableParameters may name (what this backend fills in from a request)
 PARAMETERS = ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "clip_skip")
-#: the longest side an output may have, whatever max_pixels says
-MAX_SIDE = 8192
-SEED_RANGE = 2**31
 CHECKPOINTS = (".safetensors", ".ckpt")
 
 
@@ -135,7 +130,9 @@ class Diffusers(Backend):
         painter = self._loaded()
         if not request.positive_prompt.strip():
             raise BadInput("positive_prompt is empty; describe the image to generate")
-        self._check_size(painter, request.width, request.height)
+        pictures.check_size(
+            request.width, request.height, painter.size_step, self._options.max_pixels, painter.name
+        )
         steps = self._check_steps(request.step, "step")
         enabled = _enabled(request.EnableParameters)
         if request.ref_images and not painter.takes_images:
@@ -143,7 +140,7 @@ class Diffusers(Backend):
                 f"ref_images: {painter.name} takes no reference images; send none, or load an editing model"
             )
         dst = await call.run(call.paths.writable, request.dst, "dst", PNG)
-        seed = request.seed or secrets.randbelow(SEED_RANGE)
+        seed = pictures.seed_or_drawn(request.seed)
 
         def work() -> str:
             started = time.perf_counter()
@@ -187,21 +184,20 @@ class Diffusers(Backend):
             raise BadInput(f"params ({names}) are not read by this backend; send the request without them")
         if request.start_image and not painter.takes_images:
             raise BadInput(f"start_image: {painter.name} makes video from text only; send no start_image")
-        self._check_size(painter, request.width, request.height)
+        pictures.check_size(
+            request.width, request.height, painter.size_step, self._options.max_pixels, painter.name
+        )
         steps = self._check_steps(request.step, "step")
         options = self._options
         frames = request.num_frames or options.frames
-        if not 1 <= frames <= options.max_frames:
-            raise BadInput(
-                f"num_frames must be 1 to {options.max_frames} (the max_frames option), got {frames}"
-            )
+        pictures.check_count(frames, options.max_frames, "num_frames", "frames", "max_frames")
         fps = request.fps or options.fps
         if not 1 <= fps <= 120:
             raise BadInput(f"fps must be 1 to 120 (0 = {options.fps}), got {request.fps}")
         if request.cfg_scale < 0:
             raise BadInput(f"cfg_scale must be >= 0 (0 = the model's default), got {request.cfg_scale:g}")
         dst = await call.run(call.paths.writable, request.dst, "dst", MP4)
-        seed = request.seed or secrets.randbelow(SEED_RANGE)
+        seed = pictures.seed_or_drawn(request.seed)
 
         def work() -> str:
             start = self._read(request.start_image, "start_image", call) if request.start_image else None
@@ -219,7 +215,7 @@ class Diffusers(Backend):
             )
             images = painter.video(job)
             call.raise_if_stopped()
-            video.write_mp4(images, fps, dst, call.raise_if_stopped)
+            pictures.write_mp4(images, fps, dst, call.raise_if_stopped)
             return f"{len(images)} frames at {fps} fps, {images[0].width}x{images[0].height} MP4, seed {seed}"
 
         return pb.Result(success=True, message=await call.run(work))
@@ -241,7 +237,7 @@ class Diffusers(Backend):
         def work() -> str:
             image = pictures.read(request.src, "src", call.paths, max_pixels=limit)
             steps = self._options.upscale_steps
-            job = Job("", "", image.width, image.height, steps, secrets.randbelow(SEED_RANGE), call.progress)
+            job = Job("", "", image.width, image.height, steps, pictures.seed_or_drawn(0), call.progress)
             out = painter.upscale(image, job)
             call.raise_if_stopped()
             pictures.write_png(out, dst)
@@ -255,28 +251,8 @@ class Diffusers(Backend):
             raise NotLoaded()
         return self._painter
 
-    def _check_size(self, painter: Painter, width: int, height: int) -> None:
-        step, limit = painter.size_step, self._options.max_pixels
-        for name, value in (("width", width), ("height", height)):
-            if value <= 0:
-                raise BadInput(
-                    f"{name} must be a positive number of pixels, a multiple of {step}; got {value}"
-                )
-            if value > MAX_SIDE:
-                raise BadInput(f"{name} {value} is over {MAX_SIDE} pixels")
-            if value % step:
-                raise BadInput(f"{name} {value} is not a multiple of {step}, as {painter.name} needs")
-        if width * height > limit:
-            raise BadInput(
-                f"{width}x{height} is {width * height:,} pixels, over the {limit:,} allowed (the max_pixels "
-                "option)"
-            )
-
     def _check_steps(self, steps: int, name: str) -> int:
-        cap = self._options.max_steps
-        if not 1 <= steps <= cap:
-            raise BadInput(f"{name} must be 1 to {cap} denoising steps (the max_steps option), got {steps}")
-        return steps
+        return pictures.check_count(steps, self._options.max_steps, name, "denoising steps", "max_steps")
 
     def _read(self, path: str, field: str, call: Call) -> Image.Image:
         return pictures.read(path, field, call.paths, max_pixels=self._options.max_pixels)
