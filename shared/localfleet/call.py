@@ -69,6 +69,10 @@ class Call:
         """For engine code doing long work in steps (denoising): stop here if asked, else count the step
         in the metrics and the log."""
         self.raise_if_stopped()
+        self.count_step(done, total)
+
+    def count_step(self, done: int, total: int) -> None:
+        """`progress` for engines that cannot be stopped midway (it never raises)."""
         if self._metrics is not None:
             self._metrics.steps.labels(self.rpc).inc()
         log.info("%s: step %d/%d", self.rpc, done, total)

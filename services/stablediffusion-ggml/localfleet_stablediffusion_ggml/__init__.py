@@ -1,0 +1,1 @@
+"""localfleet stablediffusion-ggml backend."""
