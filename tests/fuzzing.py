@@ -120,6 +120,8 @@ class Target:
     tame: Callable[[str, Message], None] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
+    #: RPCs no model here can serve (rpc -> why): fuzzed while the first stage is loaded, with no seed
+    unseeded: Mapping[str, str] = field(default_factory=dict)
 
     def count(self, rpc: str) -> int:
         # The runtime answers these the same for every backend: fewer will do.
@@ -911,7 +913,7 @@ def _tracebacks(log: Sequence[str]) -> Counter[str]:
 
 def _check_seeds(target: Target) -> None:
     seeded = {rpc for stage in target.stages for rpc in stage.seeds}
-    if missing := sorted(set(target.rpcs) - CONTROL - seeded):
+    if missing := sorted(set(target.rpcs) - CONTROL - seeded - set(target.unseeded)):
         raise ValueError(f"{target.backend}: no seed request for {', '.join(missing)}")
     if stray := sorted(seeded - set(target.rpcs)):
         raise ValueError(f"{target.backend}: seeds for RPCs it does not serve: {', '.join(stray)}")
@@ -965,6 +967,8 @@ class _Session:
             await self._load(channel, stage.model)
             self.report.loaded_rss = self.report.loaded_rss or self.memory.now()
             rpcs = [rpc for rpc in stage.seeds if rpc in self.target.rpcs and rpc not in done]
+            if not done:
+                rpcs += [rpc for rpc in self.target.unseeded if rpc in self.target.rpcs]
             done.update(rpcs)
             if not await self._cases(channel, rpcs, dict(stage.seeds)):
                 return
