@@ -59,11 +59,11 @@ def build_sd1_random(folder: Path | None = None) -> Path:
         projection_dim=768,
         hidden_act="quick_gelu",
     )
-    encoder = CLIPTextModel(config).to(torch.float16)
+    encoder = CLIPTextModel(config)
     # transformers 5 names the tensors without the `text_model.` prefix SD checkpoints carry, and
     # stable-diffusion.cpp looks them up by that name.
     tensors = {
-        (key if key.startswith("text_model.") else f"text_model.{key}"): value.contiguous()
+        (key if key.startswith("text_model.") else f"text_model.{key}"): value.to(torch.float16).contiguous()
         for key, value in encoder.state_dict().items()
     }
     (folder / "text_encoder").mkdir(parents=True, exist_ok=True)
