@@ -80,7 +80,10 @@ def from_base64(text: str, field: str, max_pixels: int = MAX_PIXELS) -> Image.Im
     """An image sent inline: raw base64, as core sends Detect's `src`, or a data URI."""
     body = text.partition(",")[2] if text.startswith("data:") else text
     try:
-        data = base64.b64decode("".join(body.split()), validate=True)
+        try:
+            data = base64.b64decode(body, validate=True)
+        except ValueError:  # line breaks (MIME-style base64): read again without the whitespace
+            data = base64.b64decode("".join(body.split()), validate=True)
     except (binascii.Error, ValueError):
         raise BadInput(
             f"{field} is not base64 ({excerpt(text, 40)}...); send the image's bytes in base64 or a data URI"

@@ -20,6 +20,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from localfleet.call import Call
+from localfleet.codec import decoded_bytes
 from localfleet.errors import BackendError, BadInput, Overloaded, Unavailable
 from localfleet.memory import trim_after_large
 from localfleet.proto import backend_pb2 as pb
@@ -193,7 +194,7 @@ class BackendService:
                 request = _requests(stream)
             else:
                 request = await stream.recv_message()
-                size = request.ByteSize()
+                size = decoded_bytes.get()  # set by the codec, in this task
                 runtime.check_identity(getattr(request, "ModelIdentity", ""))
             runtime.require_model()
             async with runtime.admission.slot(group) as ticket, runtime.gate.shared():
