@@ -138,6 +138,7 @@ async def main() -> None:
     print(
         f"RSS after Free - before LoadModel: {(rss['after Free'] - rss['before LoadModel']) / MiB:+.0f} MiB"
     )
+    print(f"a process that only imports stable-diffusion.cpp: {imports_alone() / MiB:.0f} MiB")
 
 
 if __name__ == "__main__":
