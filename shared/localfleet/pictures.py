@@ -20,9 +20,12 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from localfleet import files
 from localfleet.errors import BadInput
 from localfleet.inputs import excerpt
+from localfleet.options import BackendOptions
 from localfleet.paths import MP4, PATH_CHARS, PNG, PathPolicy
 
 if TYPE_CHECKING:
@@ -117,6 +120,17 @@ def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[]
 
 
 # -- the numbers of a generation ---------------------------------------------------------------------
+class GenerationOptions(BackendOptions):
+    """LoadModel options every image and video backend takes: what one request may cost, and the video
+    defaults (a backend changes the defaults where its models want others)."""
+
+    max_steps: int = Field(150, ge=1, description="the most denoising steps one request may ask for")
+    max_frames: int = Field(256, ge=1, description="the most video frames one request may ask for")
+    max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="the largest output, width x height")
+    frames: int = Field(16, ge=1, description="video frames when num_frames is 0")
+    fps: int = Field(8, ge=1, le=120, description="video frame rate when fps is 0")
+
+
 def check_size(width: int, height: int, step: int, max_pixels: int, engine: str) -> None:
     """An output size: positive, a multiple of `step` (what `engine` needs), within the caps."""
     for name, value in (("width", width), ("height", height)):

@@ -6,10 +6,8 @@ with the same seed, steps and size.
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from PIL import Image
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_diffusers.servicer import Diffusers
+from tests.steps import watching_steps
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -133,34 +132,6 @@ async def test_clip_skip_reaches_the_text_encoder(painter: Served, tmp_path: Pat
 
 
 # -- long work -----------------------------------------------------------------------------------------
-class StepLog(logging.Handler):
-    """The step lines of the log, each also signalled to the test's event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.loop = loop
-        self.steps: list[str] = []
-        self.seen = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if ": step " in text:
-            self.steps.append(text)
-            self.loop.call_soon_threadsafe(self.seen.set)
-
-
-@pytest.fixture
-def step_log() -> Iterator[StepLog]:
-    logger = logging.getLogger("localfleet.call")
-    handler = StepLog(asyncio.get_event_loop_policy().get_event_loop())
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
-
-
 def steps_metric(served: Served) -> float:
     value = served.runtime.metrics.registry.get_sample_value(
         "localfleet_steps_total", {"rpc": "GenerateImage"}
@@ -168,32 +139,31 @@ def steps_metric(served: Served) -> float:
     return value or 0.0
 
 
-async def test_steps_go_to_the_log_and_the_metric(painter: Served, tmp_path: Path, step_log: StepLog) -> None:
-    before = steps_metric(painter)
-    await generate(painter, dst=str(tmp_path / "three.png"), step=3)
-    assert steps_metric(painter) - before == 3
-    assert step_log.steps[-3:] == [f"GenerateImage: step {n}/3" for n in (1, 2, 3)]
+async def test_steps_go_to_the_log_and_the_metric(painter: Served, tmp_path: Path) -> None:
+    with watching_steps() as step_log:
+        before = steps_metric(painter)
+        await generate(painter, dst=str(tmp_path / "three.png"), step=3)
+        assert steps_metric(painter) - before == 3
+        assert step_log.steps[-3:] == [f"GenerateImage: step {n}/3" for n in (1, 2, 3)]
 
 
-async def test_health_answers_and_a_cancel_stops_at_the_next_step(
-    painter: Served, tmp_path: Path, step_log: StepLog
-) -> None:
-    step_log.loop = asyncio.get_running_loop()
-    dst = tmp_path / "cancelled.png"
-    request = pb.GenerateImageRequest(positive_prompt=PROMPT, width=64, height=64, step=400, dst=str(dst))
-    async with painter.client.backend.GenerateImage.open() as call:
-        await call.send_message(request, end=True)
-        await step_log.seen.wait()  # the pipeline is denoising
-        assert await painter.client.healthy(timeout=1.0)
-        assert len(step_log.steps) < 400  # Health answered mid-generation
-        await call.cancel()
-    # One call at a time: the next is served only once the cancelled one has let go of the pipeline.
-    assert (await generate(painter, dst=str(tmp_path / "next.png"), step=2)).success
-    cancelled = [s for s in step_log.steps if s.endswith("/400")]
-    assert 1 <= len(cancelled) < 400
-    assert not dst.exists()
-    assert listing(tmp_path) == ["next.png"]  # no partial file left behind
-    assert painter.runtime.in_flight == 0
+async def test_health_answers_and_a_cancel_stops_at_the_next_step(painter: Served, tmp_path: Path) -> None:
+    with watching_steps() as step_log:
+        dst = tmp_path / "cancelled.png"
+        request = pb.GenerateImageRequest(positive_prompt=PROMPT, width=64, height=64, step=400, dst=str(dst))
+        async with painter.client.backend.GenerateImage.open() as call:
+            await call.send_message(request, end=True)
+            await step_log.seen.wait()  # the pipeline is denoising
+            assert await painter.client.healthy(timeout=1.0)
+            assert len(step_log.steps) < 400  # Health answered mid-generation
+            await call.cancel()
+        # One call at a time: the next is served only once the cancelled one has let go of the pipeline.
+        assert (await generate(painter, dst=str(tmp_path / "next.png"), step=2)).success
+        cancelled = [s for s in step_log.steps if s.endswith("/400")]
+        assert 1 <= len(cancelled) < 400
+        assert not dst.exists()
+        assert listing(tmp_path) == ["next.png"]  # no partial file left behind
+        assert painter.runtime.in_flight == 0
 
 
 # -- bad input -------------------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ The expected pixels come from the same model run by stable-diffusion-cpp-python 
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from PIL import Image
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving
 from localfleet_stablediffusion_ggml.servicer import StableDiffusionGgml
+from tests.steps import watching_steps
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -91,55 +90,30 @@ async def test_src_makes_image_to_image(painter: Served, tmp_path: Path) -> None
 
 
 # -- long work -----------------------------------------------------------------------------------------
-class StepLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.loop = asyncio.get_event_loop_policy().get_event_loop()
-        self.steps: list[str] = []
-        self.seen = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if ": step " in text:
-            self.steps.append(text)
-            self.loop.call_soon_threadsafe(self.seen.set)
-
-
-@pytest.fixture
-def step_log() -> Iterator[StepLog]:
-    logger = logging.getLogger("localfleet.call")
-    handler, old = StepLog(), logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
-
-
 async def test_steps_are_counted_health_answers_and_a_cancelled_image_is_not_written(
-    painter: Served, tmp_path: Path, step_log: StepLog
+    painter: Served, tmp_path: Path
 ) -> None:
-    step_log.loop = asyncio.get_running_loop()
-    metric = ("localfleet_steps_total", {"rpc": "GenerateImage"})
-    before = painter.runtime.metrics.registry.get_sample_value(*metric) or 0.0
-    await generate(painter, dst=str(tmp_path / "three.png"), step=3)
-    assert painter.runtime.metrics.registry.get_sample_value(*metric) - before == 3
-    assert step_log.steps[-3:] == [f"GenerateImage: step {n}/3" for n in (1, 2, 3)]
+    with watching_steps() as step_log:
+        metric = ("localfleet_steps_total", {"rpc": "GenerateImage"})
+        before = painter.runtime.metrics.registry.get_sample_value(*metric) or 0.0
+        await generate(painter, dst=str(tmp_path / "three.png"), step=3)
+        assert painter.runtime.metrics.registry.get_sample_value(*metric) - before == 3
+        assert step_log.steps[-3:] == [f"GenerateImage: step {n}/3" for n in (1, 2, 3)]
 
-    step_log.seen.clear()
-    dst = tmp_path / "cancelled.png"
-    request = pb.GenerateImageRequest(positive_prompt=PROMPT, width=64, height=64, step=12, dst=str(dst))
-    async with painter.client.backend.GenerateImage.open() as call:
-        await call.send_message(request, end=True)
-        await step_log.seen.wait()
-        assert await painter.client.healthy(timeout=1.0)
-        assert not step_log.steps[-1].endswith("12/12")  # Health answered mid-run
-        await call.cancel()
-    # One run at a time: this one starts once the cancelled run has ended (stable-diffusion.cpp cannot
-    # stop one midway) and its image has been dropped.
-    assert (await generate(painter, dst=str(tmp_path / "next.png"))).success
-    assert not dst.exists()
-    assert listing(tmp_path) == ["next.png", "three.png"]
+        step_log.seen.clear()
+        dst = tmp_path / "cancelled.png"
+        request = pb.GenerateImageRequest(positive_prompt=PROMPT, width=64, height=64, step=12, dst=str(dst))
+        async with painter.client.backend.GenerateImage.open() as call:
+            await call.send_message(request, end=True)
+            await step_log.seen.wait()
+            assert await painter.client.healthy(timeout=1.0)
+            assert not step_log.steps[-1].endswith("12/12")  # Health answered mid-run
+            await call.cancel()
+        # One run at a time: this one starts once the cancelled run has ended (stable-diffusion.cpp cannot
+        # stop one midway) and its image has been dropped.
+        assert (await generate(painter, dst=str(tmp_path / "next.png"))).success
+        assert not dst.exists()
+        assert listing(tmp_path) == ["next.png", "three.png"]
 
 
 # -- bad input -------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from localfleet.backend import Backend, ModelRef, lora_adapters
 from localfleet.call import Call
 from localfleet.errors import BadInput, NotLoaded, Refused
 from localfleet.inputs import excerpt
-from localfleet.options import BackendOptions
 from localfleet.paths import MP4, PNG
 from localfleet.proto import backend_pb2 as pb
 from localfleet_diffusers.engine import Job
@@ -38,7 +37,7 @@ PARAMETERS = ("negative_prompt", "width", "height", "num_inference_steps", "guid
 CHECKPOINTS = (".safetensors", ".ckpt")
 
 
-class DiffusersOptions(BackendOptions):
+class DiffusersOptions(pictures.GenerationOptions):
     device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; default the best there is")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         None, description="weights' type; default DType, else float16 with F16Memory, else float32"
@@ -49,11 +48,6 @@ class DiffusersOptions(BackendOptions):
     attention_slicing: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
-    max_steps: int = Field(150, ge=1, description="the most denoising steps one request may ask for")
-    max_frames: int = Field(256, ge=1, description="the most video frames one request may ask for")
-    max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="the largest output, width x height")
-    frames: int = Field(16, ge=1, description="video frames when num_frames is 0")
-    fps: int = Field(8, ge=1, le=120, description="video frame rate when fps is 0")
     upscale_steps: int = Field(20, ge=1, description="denoising steps of UpscaleImage")
 
 

@@ -25,7 +25,6 @@ from localfleet import pictures
 from localfleet.backend import Backend, ModelRef, beside_model
 from localfleet.call import Call
 from localfleet.errors import BadInput, EngineFailure, NotLoaded, Refused
-from localfleet.options import BackendOptions
 from localfleet.paths import MP4, PNG
 from localfleet.proto import backend_pb2 as pb
 from localfleet_stablediffusion_ggml.engine import EngineRunFailed, Job
@@ -64,7 +63,7 @@ FLAGS = (
 )
 
 
-class SdOptions(BackendOptions):
+class SdOptions(pictures.GenerationOptions):
     sampler: str = Field("default", description="sample method (euler_a, euler, dpmpp2m, lcm, ...)")
     scheduler: str = Field("default", description="sigma schedule (discrete, karras, exponential, ...)")
     threads: int = Field(0, ge=0, description="CPU threads; 0 = ModelOptions.Threads, else the CPUs here")
@@ -75,9 +74,7 @@ class SdOptions(BackendOptions):
     )
     vae_tiling: bool = False
     strength: float = Field(0.75, ge=0, le=1, description="how far image to image departs from src")
-    max_steps: int = Field(150, ge=1)
-    max_frames: int = Field(256, ge=1)
-    max_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    # Wan's own defaults
     frames: int = Field(33, ge=1, description="video frames when num_frames is 0")
     fps: int = Field(16, ge=1, le=120, description="video frame rate when fps is 0")
     # model parts and switches
