@@ -1,0 +1,1 @@
+"""localfleet kitten-tts: KittenTTS text to speech."""
