@@ -32,11 +32,11 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import signal
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +46,12 @@ from pathlib import Path
 from localfleet.client import Client, connect, wait_healthy
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.readers, beside this script
+
+from benchmarks.readers import curl_reads, go_program  # noqa: E402 (after the path above)
 
 PROMPT = "The history of the city of Paris begins"
 
@@ -114,24 +120,6 @@ def _request(tokens: int) -> pb.PredictOptions:
     return pb.PredictOptions(Prompt=PROMPT, Tokens=tokens, Temperature=0, TopK=40, TopP=0.95, IgnoreEOS=True)
 
 
-def go_reader() -> Path | None:
-    """benchmarks/go/reader.go built (GOPATH mode on Debian's Go packages); None without Go."""
-    go = shutil.which("go")
-    source = Path(__file__).parent / "go"
-    if go is None or not Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir():
-        return None
-    out = Path(tempfile.gettempdir()) / "localfleet-bench" / "go-reader"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOPATH": "/usr/share/gocode", "GO111MODULE": "off"}
-    env.setdefault("GOCACHE", str(out.parent / "go-cache"))
-    command = [go, "build", "-o", str(out), "."]
-    built = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, check=False)
-    if built.returncode != 0:
-        print(f"the Go reader did not build: {built.stderr.strip()[:300]}")
-        return None
-    return out
-
-
 def through_go(reader: Path, addr: str, tokens: int) -> float:
     """One PredictStream read by grpc-go as core reads it: tokens/s from dial to the stream's end."""
     out = subprocess.run(
@@ -140,15 +128,6 @@ def through_go(reader: Path, addr: str, tokens: int) -> float:
     result = json.loads(out)
     assert result["tokens"] == tokens, f"the Go reader read {result['tokens']} tokens"
     return tokens / float(result["seconds"])
-
-
-def curl_reads() -> bool:
-    """Whether this machine's curl speaks HTTP/2 without TLS (the light reader)."""
-    curl = shutil.which("curl")
-    if curl is None:
-        return False
-    version = subprocess.run([curl, "--version"], capture_output=True, text=True, check=False).stdout
-    return "HTTP2" in version
 
 
 def through_curl(addr: str, tokens: int) -> float:
@@ -287,7 +266,7 @@ async def main() -> None:
         }
         if curl_reads():
             readers["curl"] = lambda: asyncio.to_thread(through_curl, addr, args.tokens)
-        go = go_reader()
+        go = go_program(".", "go-reader")
         if go is not None:
             readers["go"] = lambda: asyncio.to_thread(through_go, go, addr, args.tokens)
         firsts: list[float] = []

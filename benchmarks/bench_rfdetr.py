@@ -30,10 +30,10 @@ import base64
 import json
 import os
 import random
-import shutil
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +45,12 @@ from localfleet import pictures
 from localfleet.client import connect
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.readers, beside this script
+
+from benchmarks.readers import curl_reads, go_program  # noqa: E402 (after the path above)
 
 MiB = 1024 * 1024
 RANDOM_NANO = ["pretrained:false", "num_classes:3", "device:cpu"]
@@ -62,37 +68,10 @@ async def through_grpclib(addr: str, request: pb.DetectOptions) -> float:
     return elapsed
 
 
-def go_reader() -> Path | None:
-    """benchmarks/go/unary built (GOPATH mode on Debian's Go packages); None without Go."""
-    go = shutil.which("go")
-    source = Path(__file__).parent / "go" / "unary"
-    if go is None or not Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir():
-        return None
-    out = Path(tempfile.gettempdir()) / "localfleet-bench" / "go-unary"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOPATH": "/usr/share/gocode", "GO111MODULE": "off"}
-    env.setdefault("GOCACHE", str(out.parent / "go-cache"))
-    command = [go, "build", "-o", str(out), "."]
-    built = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, check=False)
-    if built.returncode != 0:
-        print(f"the Go reader did not build: {built.stderr.strip()[:300]}")
-        return None
-    return out
-
-
 def through_go(reader: Path, addr: str, request: bytes) -> float:
     """One Detect made by grpc-go as core makes it: seconds from dial to the reply read."""
     out = subprocess.run([str(reader), addr, DETECT], input=request, capture_output=True, check=True).stdout
     return float(json.loads(out)["seconds"])
-
-
-def curl_reads() -> bool:
-    """Whether this machine's curl speaks HTTP/2 without TLS."""
-    curl = shutil.which("curl")
-    if curl is None:
-        return False
-    version = subprocess.run([curl, "--version"], capture_output=True, text=True, check=False).stdout
-    return "HTTP2" in version
 
 
 def through_curl(addr: str, request: bytes) -> float:
@@ -142,7 +121,7 @@ async def measure(
     grpclib: bool,
 ) -> None:
     wire = request.SerializeToString()
-    reader = go_reader()
+    reader = go_program("unary", "go-unary")
     with spawn("rfdetr", env={"HF_HUB_OFFLINE": "1"}, timeout=60) as process:
         addr = process.addr
         server = psutil.Process(process.popen.pid)

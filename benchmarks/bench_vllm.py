@@ -44,6 +44,11 @@ from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.readers and the tests' model builder
+
+from benchmarks.readers import curl_reads  # noqa: E402 (after the path above)
+
 PROMPT = "The quick brown fox jumps over the lazy dog. Hello, how are you today?"
 LOAD: dict[str, Any] = {"MaxModelLen": 1024, "EnforceEager": True, "DType": "bfloat16"}
 OPTIONS = ["kv_cache_bytes:268435456", "max_num_seqs:32"]
@@ -52,7 +57,6 @@ OPTIONS = ["kv_cache_bytes:268435456", "max_num_seqs:32"]
 def tiny_model(path: str | None) -> Path:
     if path:
         return Path(path)
-    sys.path.insert(0, str(ROOT))  # the tests' model builder
     from tests.vllm.models import build_tiny_llama
 
     folder = Path(tempfile.gettempdir()) / "localfleet-bench" / "vllm-tiny-llama"
@@ -81,15 +85,6 @@ async def through_grpc(addr: str, streams: int, tokens: int) -> float:
     started = time.perf_counter()
     produced = await asyncio.gather(*(one_stream(addr, tokens) for _ in range(streams)))
     return sum(produced) / (time.perf_counter() - started)
-
-
-def curl_reads() -> bool:
-    """Whether this machine's curl speaks HTTP/2 without TLS (the light reader)."""
-    curl = shutil.which("curl")
-    if curl is None:
-        return False
-    version = subprocess.run([curl, "--version"], capture_output=True, text=True, check=False).stdout
-    return "HTTP2" in version
 
 
 def through_curl(addr: str, streams: int, tokens: int, folder: Path, *, nice: bool = False) -> float:

@@ -18,6 +18,7 @@ import io
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from PIL import Image
+
+    from localfleet.proto import backend_pb2 as pb
 
 #: the most pixels one input image may decode to unless a backend says otherwise (8192 x 8192)
 MAX_PIXELS = 8192 * 8192
@@ -100,9 +103,9 @@ def write_png(image: Image.Image, dst: Path) -> None:
         image.save(handle, format="PNG")
 
 
-def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[], None]) -> None:
+def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[], None]) -> str:
     """`frames` as H.264 in yuv420p (what browsers and core's clients play) with PyAV's libx264, into
-    `dst`, complete or not at all (blocking); `check` runs between frames."""
+    `dst`, complete or not at all (blocking); `check` runs between frames. Returns what was written."""
     import av
 
     width, height = frames[0].size
@@ -117,6 +120,7 @@ def write_mp4(frames: list[Image.Image], fps: int, dst: Path, check: Callable[[]
             frame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]  # PyAV leaves it unannotated
             container.mux(stream.encode(frame.reformat(stream.width, stream.height, "yuv420p")))
         container.mux(stream.encode(None))
+    return f"{len(frames)} frames at {fps} fps, {width}x{height} MP4"
 
 
 # -- the numbers of a generation ---------------------------------------------------------------------
@@ -145,6 +149,36 @@ def check_size(width: int, height: int, step: int, max_pixels: int, engine: str)
             f"{width}x{height} is {width * height:,} pixels, over the {max_pixels:,} allowed (the "
             "max_pixels option)"
         )
+
+
+def check_steps(step: int, options: GenerationOptions) -> int:
+    """A request's `step`: 1 to the max_steps option."""
+    return check_count(step, options.max_steps, "step", "denoising steps", "max_steps")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What a checked GenerateVideo asks for."""
+
+    steps: int
+    frames: int
+    fps: int
+
+
+def check_video(request: pb.GenerateVideoRequest, options: GenerationOptions, step: int, engine: str) -> Clip:
+    """A GenerateVideo's numbers: size (a multiple of `step`), steps, frames and fps (0 = the options'
+    defaults) within the caps, cfg_scale not negative."""
+    check_size(request.width, request.height, step, options.max_pixels, engine)
+    steps = check_steps(request.step, options)
+    frames = check_count(
+        request.num_frames or options.frames, options.max_frames, "num_frames", "frames", "max_frames"
+    )
+    fps = request.fps or options.fps
+    if not 1 <= fps <= 120:
+        raise BadInput(f"fps must be 1 to 120 (0 = {options.fps}), got {request.fps}")
+    if request.cfg_scale < 0:
+        raise BadInput(f"cfg_scale must be >= 0 (0 = the model's default), got {request.cfg_scale:g}")
+    return Clip(steps, frames, fps)
 
 
 def check_count(value: int, most: int, field: str, what: str, option: str) -> int:

@@ -185,7 +185,7 @@ class Runtime:
                     unloaded = await loop.run_in_executor(self.executor, beside, ref, request)
                 if previous is not None and unloaded:
                     log.info("releasing %s before the load: %s", excerpt(previous.ref.name), unloaded)
-                    await loop.run_in_executor(self.executor, self.backend.unload)
+                    await loop.run_in_executor(self.executor, self._release)
                     self.model_name = ""
                 message = await loop.run_in_executor(self.executor, self.backend.load, ref, options, request)
             except (Exception, Refused) as exc:  # any engine failure is the load's answer, never a crash
@@ -255,14 +255,20 @@ class Runtime:
                 self.state = State.UNINITIALIZED
                 return pb.Result(success=True, message="no model loaded")
             name = self.model_name
-            message = await loop.run_in_executor(self.executor, self.backend.unload)
+            message = await loop.run_in_executor(self.executor, self._release)
             self.model_name = ""
             self.state = State.UNINITIALIZED
-            # The C heap keeps what the engine's runs freed (activations: hundreds of MB) unless trimmed.
-            await loop.run_in_executor(self.executor, memory.trim_heap)
-            memory.release_device_caches()
             log.info("freed %s: %s", excerpt(name), message)
             return pb.Result(success=True, message=message or f"freed {name}")
+
+    def _release(self) -> str:
+        """The backend's unload, then its memory handed back (blocking): the C heap keeps what the
+        engine's runs freed (activations: hundreds of MB) unless trimmed, and torch keeps GPU blocks
+        cached for reuse unless emptied."""
+        message = self.backend.unload()
+        memory.trim_heap()  # collects cycles first
+        memory.release_device_caches()
+        return message
 
     def status(self) -> pb.StatusResponse:
         try:

@@ -110,9 +110,6 @@ class Diffusers(Backend):
 
     def unload(self) -> str:
         self._painter = None
-        from localfleet.memory import release_device_caches
-
-        release_device_caches()
         return "pipeline released"
 
     def memory(self) -> dict[str, int]:
@@ -127,7 +124,7 @@ class Diffusers(Backend):
         pictures.check_size(
             request.width, request.height, painter.size_step, self._options.max_pixels, painter.name
         )
-        steps = self._check_steps(request.step, "step")
+        steps = pictures.check_steps(request.step, self._options)
         enabled = _enabled(request.EnableParameters)
         if request.ref_images and not painter.takes_images:
             raise BadInput(
@@ -178,18 +175,7 @@ class Diffusers(Backend):
             raise BadInput(f"params ({names}) are not read by this backend; send the request without them")
         if request.start_image and not painter.takes_images:
             raise BadInput(f"start_image: {painter.name} makes video from text only; send no start_image")
-        pictures.check_size(
-            request.width, request.height, painter.size_step, self._options.max_pixels, painter.name
-        )
-        steps = self._check_steps(request.step, "step")
-        options = self._options
-        frames = request.num_frames or options.frames
-        pictures.check_count(frames, options.max_frames, "num_frames", "frames", "max_frames")
-        fps = request.fps or options.fps
-        if not 1 <= fps <= 120:
-            raise BadInput(f"fps must be 1 to 120 (0 = {options.fps}), got {request.fps}")
-        if request.cfg_scale < 0:
-            raise BadInput(f"cfg_scale must be >= 0 (0 = the model's default), got {request.cfg_scale:g}")
+        clip = pictures.check_video(request, self._options, painter.size_step, painter.name)
         dst = await call.run(call.paths.writable, request.dst, "dst", MP4)
         seed = pictures.seed_or_drawn(request.seed)
 
@@ -200,17 +186,17 @@ class Diffusers(Backend):
                 negative_prompt=request.negative_prompt,
                 width=request.width,
                 height=request.height,
-                steps=steps,
+                steps=clip.steps,
                 seed=seed,
                 on_step=call.progress,
                 guidance=request.cfg_scale or self._guidance,
                 image=start,
-                frames=frames,
+                frames=clip.frames,
             )
             images = painter.video(job)
             call.raise_if_stopped()
-            pictures.write_mp4(images, fps, dst, call.raise_if_stopped)
-            return f"{len(images)} frames at {fps} fps, {images[0].width}x{images[0].height} MP4, seed {seed}"
+            written = pictures.write_mp4(images, clip.fps, dst, call.raise_if_stopped)
+            return f"{written}, seed {seed}"
 
         return pb.Result(success=True, message=await call.run(work))
 
@@ -244,9 +230,6 @@ class Diffusers(Backend):
         if self._painter is None:
             raise NotLoaded()
         return self._painter
-
-    def _check_steps(self, steps: int, name: str) -> int:
-        return pictures.check_count(steps, self._options.max_steps, name, "denoising steps", "max_steps")
 
     def _read(self, path: str, field: str, call: Call) -> Image.Image:
         return pictures.read(path, field, call.paths, max_pixels=self._options.max_pixels)

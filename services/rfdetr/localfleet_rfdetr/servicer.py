@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from localfleet import pictures
 from localfleet.backend import Backend, ModelRef, beside_model
 from localfleet.call import Call
+from localfleet.cpus import cap_threads
 from localfleet.errors import BadInput, NotLoaded, Refused
 from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
@@ -86,9 +87,6 @@ class RFDetr(Backend):
 
     def unload(self) -> str:
         self._engine = None
-        from localfleet.memory import release_device_caches
-
-        release_device_caches()
         return "model released"
 
     def memory(self) -> dict[str, int]:
@@ -145,7 +143,7 @@ def _onnx(chosen: Choice, options: DetectOptions, labels: list[str] | None) -> E
             labels=labels,
             iou=options.iou,
             input_size=options.input_size,
-            threads=options.threads,
+            threads=cap_threads(options.threads),
             device=options.device,
         )
     )

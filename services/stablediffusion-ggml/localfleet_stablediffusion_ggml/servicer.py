@@ -13,7 +13,6 @@ README.md.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic import BaseModel, Field
 from localfleet import pictures
 from localfleet.backend import Backend, ModelRef, beside_model
 from localfleet.call import Call
+from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, EngineFailure, NotLoaded, Refused
 from localfleet.paths import MP4, PNG
 from localfleet.proto import backend_pb2 as pb
@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 #: files stable-diffusion.cpp loads as a model
 SUFFIXES = (".safetensors", ".ckpt", ".gguf", ".sft")
+ENGINE = "stable-diffusion.cpp"
 #: sizes step by the VAE's factor (8) for every model family it loads
 SIZE_STEP = 8
 #: model parts other than the main file, as options naming files beside the model
@@ -140,7 +141,7 @@ class StableDiffusionGgml(Backend):
         spec = LoadSpec(
             model_path="" if options.diffusion_model else model.path,
             diffusion_model_path=model.path if options.diffusion_model else "",
-            threads=options.threads or request.Threads or os.cpu_count() or 1,
+            threads=cap_threads(options.threads or request.Threads) or usable(),
             files=files,
             flags={key: True for key in FLAGS if getattr(options, key)},
             wtype=options.wtype,
@@ -172,10 +173,8 @@ class StableDiffusionGgml(Backend):
         options = self._options
         if not request.positive_prompt.strip():
             raise BadInput("positive_prompt is empty; describe the image to generate")
-        pictures.check_size(
-            request.width, request.height, SIZE_STEP, options.max_pixels, "stable-diffusion.cpp"
-        )
-        steps = pictures.check_count(request.step, options.max_steps, "step", "sampling steps", "max_steps")
+        pictures.check_size(request.width, request.height, SIZE_STEP, options.max_pixels, ENGINE)
+        steps = pictures.check_steps(request.step, options)
         if request.EnableParameters:
             raise BadInput("EnableParameters is a diffusers setting; send the request without it")
         dst = await call.run(call.paths.writable, request.dst, "dst", PNG)
@@ -214,18 +213,7 @@ class StableDiffusionGgml(Backend):
             raise BadInput("prompt is empty; describe the video to generate")
         if request.audio or request.params:
             raise BadInput("audio and params are not read by this backend; send the request without them")
-        pictures.check_size(
-            request.width, request.height, SIZE_STEP, options.max_pixels, "stable-diffusion.cpp"
-        )
-        steps = pictures.check_count(request.step, options.max_steps, "step", "sampling steps", "max_steps")
-        frames = pictures.check_count(
-            request.num_frames or options.frames, options.max_frames, "num_frames", "frames", "max_frames"
-        )
-        fps = request.fps or options.fps
-        if not 1 <= fps <= 120:
-            raise BadInput(f"fps must be 1 to 120 (0 = {options.fps}), got {request.fps}")
-        if request.cfg_scale < 0:
-            raise BadInput(f"cfg_scale must be >= 0 (0 = the model's default), got {request.cfg_scale:g}")
+        clip = pictures.check_video(request, options, SIZE_STEP, ENGINE)
         dst = await call.run(call.paths.writable, request.dst, "dst", MP4)
         seed = pictures.seed_or_drawn(request.seed)
 
@@ -242,7 +230,8 @@ class StableDiffusionGgml(Backend):
                 else None
             )
             job = self._job(call, request.prompt, request.negative_prompt, request.width, request.height)
-            job.steps, job.seed, job.frames, job.init_image, job.end_image = steps, seed, frames, start, end
+            job.steps, job.seed, job.frames = clip.steps, seed, clip.frames
+            job.init_image, job.end_image = start, end
             job.cfg_scale = request.cfg_scale or self._cfg
             images = _engine(renderer.video, job)
             call.raise_if_stopped()
@@ -250,8 +239,8 @@ class StableDiffusionGgml(Backend):
                 raise BadInput(
                     f"{renderer.name} makes images, not videos: load a video model (Wan) for GenerateVideo"
                 )
-            pictures.write_mp4(images, fps, dst, call.raise_if_stopped)
-            return f"{len(images)} frames at {fps} fps, {images[0].width}x{images[0].height} MP4, seed {seed}"
+            written = pictures.write_mp4(images, clip.fps, dst, call.raise_if_stopped)
+            return f"{written}, seed {seed}"
 
         return pb.Result(success=True, message=await call.run(work))
 
