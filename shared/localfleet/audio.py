@@ -33,8 +33,9 @@ FORMATS = "wav, mp3, flac, ogg"
 AUDIO_FIELD = "the audio file (dst)"
 
 
-def decode(path: Path | str, field: str = "dst") -> np.ndarray:
-    """Mono float32 samples in [-1, 1] at 16 kHz; BadInput naming `field` when it is not audio."""
+def decode(path: Path | str, field: str = "dst", rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] at `rate` (16 kHz: what speech to text takes); BadInput naming
+    `field` when it is not audio."""
     import numpy as np
 
     try:
@@ -52,7 +53,7 @@ def decode(path: Path | str, field: str = "dst") -> np.ndarray:
             if not container.streams.audio:
                 raise BadInput(f"{named} has no audio stream; send an audio file ({FORMATS})")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler count samples; some containers carry broken stamps
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))

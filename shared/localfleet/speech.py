@@ -26,6 +26,7 @@ import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -39,7 +40,12 @@ from localfleet.options import BackendOptions
 from localfleet.paths import WAV
 from localfleet.proto import backend_pb2 as pb
 
+if TYPE_CHECKING:
+    import numpy as np
+
 CHANNELS = 1
+#: file extensions that make a `voice` a reference recording (what `audio.decode` reads)
+RECORDINGS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus")
 SAMPLE_WIDTH = 2  # bytes: s16le
 
 
@@ -76,6 +82,8 @@ class SpeechRequest:
     language: str = ""
     #: the voice model LocalAI core names: its models dir joined with the model's file when that exists
     model: str = ""
+    #: `voice` as a reference recording to clone, checked against the path roots (backends that clone)
+    voice_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -147,12 +155,28 @@ def _cut(text: str, start: int, limit: int) -> int:
     return stop
 
 
+def is_recording(voice: str) -> bool:
+    """Whether a `voice` names a file (a reference recording) rather than one of a model's voices."""
+    return "/" in voice or voice.lower().endswith(RECORDINGS)
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    """float samples in [-1, 1] (clipped) as s16le PCM."""
+    import numpy as np
+
+    pcm: bytes = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return pcm
+
+
 def stream_header(sample_rate: int) -> bytes:
     """The JSON that the first TTSStream reply carries in `message`."""
     return json.dumps({"sample_rate": sample_rate, "channels": CHANNELS, "sample_format": "s16le"}).encode()
 
 
-def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Written:
+NO_SPEECH = "the text produced no speech (nothing but punctuation or symbols?)"
+
+
+def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None], empty: str = NO_SPEECH) -> Written:
     """Synthesize into `dst` through `files.replacing` (blocking): a complete file or none.
 
     Calls `check` (the call's `raise_if_stopped`) between chunks.
@@ -166,7 +190,7 @@ def write_wav(dst: Path, utterance: Utterance, check: Callable[[], None]) -> Wri
             wav.writeframes(chunk)
             frames += len(chunk) // SAMPLE_WIDTH
         if not frames:
-            raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
+            raise BadInput(empty)
         wav.close()  # writes the final sizes into the header before the data is synced
     return Written(dst, frames, utterance.sample_rate)
 
@@ -189,6 +213,9 @@ class SpeechBackend(Backend):
 
     #: the loaded model's option max_chars, which `load()` sets
     max_chars = MAX_CHARS
+    #: whether `voice` may name a reference recording to clone (a path, or a name with an audio
+    #: extension); such a voice reaches `utterance()` as `voice_file`, confined to the path roots
+    clones_voices = False
 
     def utterance(self, request: SpeechRequest) -> Utterance:
         """Resolve voice, language and model for one request (blocking, in a worker thread).
@@ -200,7 +227,13 @@ class SpeechBackend(Backend):
 
     async def _resolve(self, request: pb.TTSRequest, call: Call) -> Utterance:
         # `language` is proto3 optional: unset reads as "".
-        asked = SpeechRequest(request.text, request.voice.strip(), request.language.strip(), request.model)
+        voice = request.voice.strip()
+        voice_file = None
+        if self.clones_voices and is_recording(voice):
+            voice_file = await call.run(
+                call.paths.readable, voice, "voice"
+            )  # file system calls: off the loop
+        asked = SpeechRequest(request.text, voice, request.language.strip(), request.model, voice_file)
         return await call.run(self.utterance, asked)
 
     async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
@@ -233,7 +266,7 @@ class SpeechBackend(Backend):
         finally:
             _hand_back_memory(request.text)
         if header is not None:
-            raise BadInput("the text produced no speech (nothing but punctuation or symbols?)")
+            raise BadInput(NO_SPEECH)
 
 
 def _hand_back_memory(text: str) -> None:

@@ -23,7 +23,7 @@ import onnxruntime
 from kittenml.kittentts_legacy.onnx_model import KittenTTS_1_Onnx  # type: ignore[import-untyped]
 from kittenml.preprocess import TextPreprocessor  # type: ignore[import-untyped]
 
-from localfleet.speech import PIECE_CHARS, split_text
+from localfleet.speech import PIECE_CHARS, pcm16, split_text
 
 SAMPLE_RATE = 24000
 #: config.json types of the ONNX KittenTTS models (kittenml.repo.ONNX_TYPES)
@@ -62,7 +62,7 @@ class Model:
             audio = self._kitten.generate_single_chunk(piece, voice=voice, speed=speed)
             audio = np.asarray(audio, dtype=np.float32).reshape(-1)
             if audio.size:
-                yield (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+                yield pcm16(audio)
 
 
 def split_sentences(text: str, limit: int = PIECE_CHARS) -> list[str]:

@@ -18,7 +18,7 @@ import onnxruntime
 from kokoro_onnx import Kokoro
 from kokoro_onnx.config import SAMPLE_RATE
 
-from localfleet.speech import PIECE_CHARS, split_text
+from localfleet.speech import PIECE_CHARS, pcm16, split_text
 
 #: pause after each sentence but the last, as kokoro-onnx puts between sentences it joins itself
 SENTENCE_PAUSE = 0.25
@@ -50,7 +50,7 @@ class Model:
             audio, _ = self._kokoro.create(piece, voice=voice, speed=speed, lang=language)
             if index < len(pieces) - 1:
                 audio = np.concatenate([audio, pause])
-            yield (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            yield pcm16(audio)
 
 
 def split_sentences(text: str, limit: int = PIECE_CHARS) -> list[str]:
