@@ -19,6 +19,7 @@ naming what the model cannot do. This module owns the rest, the same for every e
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +81,8 @@ class SoundRequest:
     src: Path | None = None
     #: the music fields that were set, by name (only those in the backend's `sound_fields`)
     music: dict[str, str | int | bool] = field(default_factory=dict)
+    #: the call's stop flag, for engines whose single steps run long enough to check it inside them
+    stop: threading.Event | None = None
 
     def source(self, rate: int) -> np.ndarray | None:
         """`src` as mono float32 at `rate` (blocking), or None without one."""
@@ -167,6 +170,7 @@ class SoundBackend(Backend):
             request.sample if request.HasField("sample") else None,
             src,
             music,
+            call.stop,
         )
 
     def load_sound_options(self, options: SoundOptions) -> None:

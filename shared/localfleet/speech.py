@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import unicodedata
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -84,6 +85,8 @@ class SpeechRequest:
     model: str = ""
     #: `voice` as a reference recording to clone, checked against the path roots (backends that clone)
     voice_file: Path | None = None
+    #: the call's stop flag, for engines whose single steps run long enough to check it inside them
+    stop: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,9 @@ class SpeechBackend(Backend):
             voice_file = await call.run(
                 call.paths.readable, voice, "voice"
             )  # file system calls: off the loop
-        asked = SpeechRequest(request.text, voice, request.language.strip(), request.model, voice_file)
+        asked = SpeechRequest(
+            request.text, voice, request.language.strip(), request.model, voice_file, call.stop
+        )
         return await call.run(self.utterance, asked)
 
     async def TTS(self, request: pb.TTSRequest, call: Call) -> pb.Result:
