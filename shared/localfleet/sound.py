@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,9 @@ class SoundRequest:
     music: dict[str, str | int | bool] = field(default_factory=dict)
     #: the call's stop flag, for engines whose single steps run long enough to check it inside them
     stop: threading.Event | None = None
+    #: the call's `progress(done, total)`: a step of a long generation to the log and the metrics (and a
+    #: stop there once the call has stopped), for engines that make all the audio before its first chunk
+    progress: Callable[[int, int], None] | None = None
 
     def source(self, rate: int) -> np.ndarray | None:
         """`src` as mono float32 at `rate` (blocking), or None without one."""
@@ -171,6 +175,7 @@ class SoundBackend(Backend):
             src,
             music,
             call.stop,
+            call.progress,
         )
 
     def load_sound_options(self, options: SoundOptions) -> None:
