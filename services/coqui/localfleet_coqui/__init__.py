@@ -1,0 +1,1 @@
+"""localfleet coqui: Coqui TTS (coqui-tts) text to speech."""
