@@ -1,0 +1,1 @@
+"""localfleet bark: Bark (transformers) text to speech and sound generation."""
