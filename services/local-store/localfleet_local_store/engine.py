@@ -24,13 +24,16 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from localfleet.errors import BadInput, EngineFailure, NotLoaded
 from localfleet_local_store.journal import OP_SET, Persistence, SyncMode
+
+if TYPE_CHECKING:
+    from localfleet_local_store.ann import Hnsw, IndexConfig
 
 F32Array = npt.NDArray[np.float32]
 
@@ -42,6 +45,8 @@ _TRANSPOSE_CHUNK = 256
 _BLOCK = 64
 _BLOCK_MIN_N = 8192
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
+# With an HNSW index, a find scans exactly when the store is this small or asks for most of it.
+_ANN_MIN_N = 2048
 
 
 def _normalize(rows: F32Array) -> F32Array:
@@ -142,7 +147,14 @@ class VectorStore:
     Build one with :meth:`open`. All methods may be called from several threads at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, index: IndexConfig | None = None) -> None:
+        # flat keeps the transposed unit keys for the scan; hnsw keeps a graph (and ids) instead.
+        self._config = index
+        self._ann: Hnsw | None = None
+        self._ids: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)  # column -> id (hnsw)
+        self._col_of: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # id -> column or -1
+        self._next_id = 0
+        self._ann_saved: tuple[int, int] | None = None  # the snapshot the index on disk was saved for
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._persist: Persistence | None = None
@@ -162,6 +174,7 @@ class VectorStore:
         sync: Literal["always", "os"] = "always",
         *,
         compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+        index: IndexConfig | None = None,
     ) -> VectorStore:
         """A store in memory only (``directory`` None), or loaded from ``directory``.
 
@@ -171,14 +184,16 @@ class VectorStore:
         """
         if sync not in ("always", "os"):
             raise BadInput(f"sync must be 'always' or 'os', not {sync!r}")
-        store = cls()
+        store = cls(index)
         if directory is None:
             return store
         mode: SyncMode = sync
         persist, snapshot, records = Persistence.open(Path(directory), mode, compact_min_bytes)
         try:
             if snapshot is not None and snapshot.dim is not None:
-                store._apply_set(snapshot.keys, snapshot.values)
+                store._apply_set(snapshot.keys, snapshot.values, index=False)
+                if store._hnsw:
+                    store._attach_index(persist)
             for i, record in enumerate(records):
                 if store._dim is not None and record.keys.shape[1] != store._dim:
                     raise EngineFailure(
@@ -209,9 +224,43 @@ class VectorStore:
         return self._n
 
     def nbytes(self) -> int:
-        """Bytes held by the key matrices (allocated capacity) and the values."""
+        """Bytes held by the key matrices (allocated capacity), the values and the index."""
         with self._state_lock:
-            return self._raw.nbytes + self._kt.nbytes + self._value_bytes
+            held = self._raw.nbytes + self._kt.nbytes + self._value_bytes + self._ids.nbytes
+            ann = self._ann
+        return held + self._col_of.nbytes + (ann.nbytes() if ann is not None else 0)
+
+    @property
+    def _hnsw(self) -> bool:
+        return self._config is not None and self._config.kind == "hnsw"
+
+    def set_index(self, index: IndexConfig) -> None:
+        """Switch an open store to another index: ef_search changes in place, anything else rebuilds
+        (readers keep the old structure meanwhile)."""
+        from localfleet_local_store.ann import IndexConfig
+
+        with self._write_lock:
+            self._check_open()
+            old = self._config or IndexConfig()
+            if old == index:
+                return
+            if old.same_graph(index):
+                self._config = index
+                if self._ann is not None:
+                    self._ann.set_ef_search(index.ef_search)
+                return
+            n, dim = self._n, self._raw.shape[1]
+            kt = np.empty((dim, 0), dtype=np.float32)
+            if index.kind == "flat" and n:
+                kt = np.empty((dim, self._raw.shape[0]), dtype=np.float32)
+                _store_normalized(kt, 0, self._raw[:n])
+            with self._state_lock:
+                self._config = index
+                self._ann = None
+                self._kt = kt
+                self._ann_saved = None
+            if index.kind == "hnsw" and n:
+                self._attach_index(None)
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -256,6 +305,7 @@ class VectorStore:
                     self._dim = None
                     self._n = 0
                     self._raw = self._kt = np.empty((0, 0), dtype=np.float32)
+                    self._ann = None
                     self._values = []
                     self._index = {}
                     self._value_bytes = 0
@@ -281,6 +331,8 @@ class VectorStore:
         if top_k < 1:
             raise BadInput(f"top_k is {top_k}; ask for at least 1 result")
         qn = _normalize(q[np.newaxis])[0]
+        if self._hnsw:
+            return self._find_ann(q, qn, top_k)
         with self._state_lock:
             self._check_open()
             self._check_dim(q.shape[0], "query")
@@ -293,6 +345,95 @@ class VectorStore:
             found_values = [self._values[i] for i in idx.tolist()]
         # Rounding can put a self-match a hair above 1.
         return found_keys, found_values, np.clip(sims[idx], -1.0, 1.0)
+
+    def _find_ann(self, q: F32Array, qn: F32Array, top_k: int) -> tuple[F32Array, list[bytes], F32Array]:
+        """Candidates from the graph, then exact cosines for them; ids a concurrent writer has added
+        but not yet published (or removed) are skipped, asking for more when that leaves too few."""
+        with self._state_lock:
+            self._check_open()
+            self._check_dim(q.shape[0], "query")
+            n, ann = self._n, self._ann
+        k = min(top_k, n)
+        if n == 0:
+            return np.empty((0, q.shape[0]), dtype=np.float32), [], np.empty(0, dtype=np.float32)
+        want = k
+        while True:
+            ids = ann.search(qn, want) if ann is not None and n > _ANN_MIN_N and 4 * k <= n else None
+            with self._state_lock:
+                self._check_open()
+                n = self._n
+                if ids is None:
+                    cols = np.arange(n)
+                else:
+                    known = ids[ids < self._col_of.shape[0]]
+                    cols = self._col_of[known.astype(np.intp)]
+                    cols = cols[cols >= 0]
+                    if cols.shape[0] < min(k, n) and ids.shape[0] == want and want < n:
+                        want *= 2
+                        continue
+                sims = _normalize(self._raw[cols]) @ qn
+                order = np.argsort(-sims, kind="stable")[:k]
+                idx = cols[order]
+                found_keys = self._raw[idx]
+                found_values = [self._values[i] for i in idx.tolist()]
+            return found_keys, found_values, np.clip(sims[order], -1.0, 1.0)
+
+    def _attach_index(self, persist: Persistence | None) -> None:
+        """Give columns 0..n-1 their graph: the saved one when it matches the snapshot, else built anew.
+        Caller holds the write lock (or is opening)."""
+        from localfleet_local_store.ann import Hnsw
+
+        assert self._config is not None
+        n, dim = self._n, self._raw.shape[1]
+        loaded = None
+        if persist is not None and persist.has_snapshot:
+            loaded = Hnsw.load(
+                persist.directory,
+                dim,
+                self._config,
+                generation=persist.generation,
+                snapshot_crc=persist.snapshot_crc,
+                count=n,
+            )
+        if loaded is not None:
+            ann, ids, next_id = loaded
+            self._ann_saved = (persist.generation, persist.snapshot_crc) if persist else None
+        else:
+            ann = Hnsw(dim, self._config)
+            ids, next_id = np.arange(n, dtype=np.uint64), n
+            for lo in range(0, n, 65536):
+                ann.add(ids[lo : lo + 65536], _normalize(self._raw[lo : min(n, lo + 65536)]))
+        col_of = np.full(max(next_id, 1024), -1, dtype=np.int64)
+        col_of[ids.astype(np.intp)] = np.arange(n)
+        ids_all = np.empty(self._raw.shape[0], dtype=np.uint64)
+        ids_all[:n] = ids
+        with self._state_lock:
+            self._ann, self._ids, self._col_of, self._next_id = ann, ids_all, col_of, next_id
+            self._kt = np.empty((dim, 0), dtype=np.float32)  # the graph answers finds now
+
+    def _index_add(self, count: int, rows: F32Array) -> npt.NDArray[np.uint64]:
+        """New ids for ``count`` new keys, added to the graph (not yet published). Write lock held."""
+        ids = np.arange(self._next_id, self._next_id + count, dtype=np.uint64)
+        if self._ann is None:
+            from localfleet_local_store.ann import Hnsw
+
+            assert self._config is not None
+            self._ann = Hnsw(rows.shape[1], self._config)
+        self._ann.add(ids, _normalize(rows))
+        self._next_id += count
+        return ids
+
+    def _id_maps(self, capacity: int, n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+        """The column->id and id->column arrays, grown (as copies, unpublished) to fit."""
+        col_of = self._col_of
+        if self._next_id > col_of.shape[0]:
+            col_of = np.full(max(2 * col_of.shape[0], self._next_id), -1, dtype=np.int64)
+            col_of[: self._col_of.shape[0]] = self._col_of
+        id_cols = self._ids
+        if id_cols.shape[0] < capacity:
+            id_cols = np.empty(capacity, dtype=np.uint64)
+            id_cols[:n] = self._ids[:n]
+        return id_cols, col_of
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -307,8 +448,9 @@ class VectorStore:
                 f"{self._dim}-number vectors (the dimension is fixed until every key is deleted)"
             )
 
-    def _apply_set(self, keys: F32Array, values: list[bytes]) -> None:
-        """Journal then publish a validated batch. Caller holds the write lock."""
+    def _apply_set(self, keys: F32Array, values: list[bytes], *, index: bool = True) -> None:
+        """Journal then publish a validated batch. Caller holds the write lock. ``index`` False: leave
+        the graph to _attach_index (a snapshot at open)."""
         kbs = _row_bytes(keys)
         last: dict[bytes, int] = {}
         for i, kb in enumerate(kbs):
@@ -336,17 +478,23 @@ class VectorStore:
             raw, kt = self._allocate(dim, max(_MIN_CAPACITY, m), 0)
         elif n + m > raw.shape[0]:
             raw, kt = self._allocate(dim, max(_MIN_CAPACITY, 2 * raw.shape[0], n + m), n)
-        if m:
-            fresh = keys[new_rows]
-            raw[n : n + m] = fresh
+        fresh = keys[new_rows]
+        raw[n : n + m] = fresh
+        if m and not self._hnsw:
             _store_normalized(kt, n, fresh)
 
         if self._persist is not None:
             self._persist.append_set(keys, values)  # raises before anything is published
+        ids = self._index_add(m, fresh) if m and index and self._hnsw else None
+        id_cols, col_of = self._id_maps(raw.shape[0], n) if ids is not None else (self._ids, self._col_of)
 
         with self._state_lock:
             self._raw, self._kt = raw, kt
             self._dim = dim
+            if ids is not None:
+                id_cols[n : n + m] = ids
+                col_of[ids.astype(np.intp)] = np.arange(n, n + m)
+                self._ids, self._col_of = id_cols, col_of
             for col, i in updates:
                 self._value_bytes += len(values[i]) - len(self._values[col])
                 self._values[col] = values[i]
@@ -358,10 +506,11 @@ class VectorStore:
 
     def _allocate(self, dim: int, capacity: int, keep: int) -> tuple[F32Array, F32Array]:
         raw = np.empty((capacity, dim), dtype=np.float32)
-        kt = np.empty((dim, capacity), dtype=np.float32)
+        kt = np.empty((dim, 0 if self._hnsw else capacity), dtype=np.float32)
         if keep:
             raw[:keep] = self._raw[:keep]
-            kt[:, :keep] = self._kt[:, :keep]
+            if not self._hnsw:
+                kt[:, :keep] = self._kt[:, :keep]
         return raw, kt
 
     def _apply_delete(self, keys: F32Array) -> int:
@@ -378,8 +527,12 @@ class VectorStore:
         removed = np.array(sorted(cols.values()), dtype=np.intp)
         if self._persist is not None:
             self._persist.append_delete(self._raw[removed])
+        ann = self._ann
+        gone = self._ids[removed].copy() if ann is not None else None
         with self._state_lock:
             self._remove(list(cols), removed)
+        if ann is not None and gone is not None:
+            ann.remove(gone)  # finds meanwhile skip these ids: they map to no column any more
         return len(cols)
 
     def _remove(self, kbs: list[bytes], removed: npt.NDArray[np.intp]) -> None:
@@ -395,7 +548,12 @@ class VectorStore:
         for col in removed.tolist():
             self._value_bytes -= len(self._values[col])
         self._raw[holes] = self._raw[movers]
-        self._kt[:, holes] = self._kt[:, movers]
+        if self._ann is not None:
+            self._col_of[self._ids[removed].astype(np.intp)] = -1
+            self._ids[holes] = self._ids[movers]
+            self._col_of[self._ids[holes].astype(np.intp)] = holes
+        if not self._hnsw:
+            self._kt[:, holes] = self._kt[:, movers]
         for hole, mover in zip(holes.tolist(), movers.tolist(), strict=True):
             self._values[hole] = self._values[mover]
             self._index[self._raw[hole].tobytes()] = hole
@@ -403,16 +561,30 @@ class VectorStore:
         self._n = end
         if end == 0:
             self._dim = None  # an empty store takes any dimension again
+            self._ann = None
+            self._ann_saved = None
         capacity = self._raw.shape[0]
         if capacity > _MIN_CAPACITY and end < capacity // 4:
             self._raw, self._kt = self._allocate(self._raw.shape[1], max(_MIN_CAPACITY, 2 * end), end)
+            if self._ann is not None:
+                self._ids = self._ids[: self._raw.shape[0]].copy()
 
     def _snapshot(self) -> None:
         persist = self._persist
-        if persist is None or not persist.dirty:
+        if persist is None:
             return
-        # Readers may run meanwhile: they do not mutate, and writers wait on the write lock.
-        persist.write_snapshot(self._raw[: self._n], self._values)
+        if persist.dirty:
+            # Readers may run meanwhile: they do not mutate, and writers wait on the write lock.
+            persist.write_snapshot(self._raw[: self._n], self._values)
+        ann = self._ann
+        saved_for = (persist.generation, persist.snapshot_crc)
+        if ann is not None and self._n and self._ann_saved != saved_for:
+            try:
+                ann.save(persist.directory, *saved_for, self._ids[: self._n], self._next_id)
+                self._ann_saved = saved_for
+            except OSError as exc:
+                # Only a cache of the snapshot: the next open rebuilds it.
+                logger.warning("could not save the HNSW index in %s: %s", persist.directory, exc)
 
     def _maybe_compact(self) -> None:
         persist = self._persist

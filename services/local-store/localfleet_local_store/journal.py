@@ -81,6 +81,8 @@ class Snapshot:
     keys: npt.NDArray[np.float32]
     values: list[bytes]
     dim: int | None
+    #: the file's CRC32: with the generation, what a saved ANN index names to prove it matches
+    crc: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,9 @@ def read_snapshot(path: Path) -> Snapshot | None:
     if int(lengths.sum(dtype=np.uint64)) != values_len:
         raise _snapshot_corrupt(path, "value lengths do not add up")
     values = _split_values(memoryview(data), lengths, pos)
-    return Snapshot(generation, keys.astype(np.float32, copy=False), values, dim if count else None)
+    return Snapshot(
+        generation, keys.astype(np.float32, copy=False), values, dim if count else None, stored_crc
+    )
 
 
 def _journal_damaged(path: Path, pos: int, index: int, reason: str) -> EngineFailure:
@@ -304,6 +308,7 @@ class Persistence:
         self.journal_bytes = 0
         self.records_since_snapshot = 0
         self.has_snapshot = False
+        self.snapshot_crc = 0
         self._compact_after = 0
         # Set when the files may disagree with memory; every later write then refuses.
         self._broken: str | None = None
@@ -342,6 +347,7 @@ class Persistence:
         snapshot = read_snapshot(self.snapshot_path)
         if snapshot is not None:
             self.generation = snapshot.generation
+            self.snapshot_crc = snapshot.crc
             self.snapshot_bytes = self.snapshot_path.stat().st_size
             self.has_snapshot = True
         try:
@@ -502,6 +508,7 @@ class Persistence:
                 f"cannot reset journal {self.journal_path}: {exc}. Restart the backend to recover"
             ) from exc
         self.generation = generation
+        self.snapshot_crc = crc
         self.snapshot_bytes = size
         self.has_snapshot = True
         self._compact_after = 0
