@@ -1,0 +1,1 @@
+"""localfleet bark-cpp: Bark text to speech on bark.cpp (GGML)."""
