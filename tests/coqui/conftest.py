@@ -13,7 +13,7 @@ from tests.piper.speech_checks import roots
 # torch on two shared cores: more threads than cores only slows a tiny model down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-__all__ = ["multi", "roots", "single"]
+__all__ = ["multi", "roots", "single", "xtts_model"]
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +28,10 @@ def multi() -> Path:
     from tests.coqui.models import multi
 
     return multi()
+
+
+@pytest.fixture(scope="session")
+def xtts_model() -> Path:
+    from tests.coqui.models import xtts
+
+    return xtts()

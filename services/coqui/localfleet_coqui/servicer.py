@@ -134,9 +134,9 @@ class Coqui(SpeechBackend):
         self._names = {loaded.name, path.name}
         parts = [f"{loaded.name} ({loaded.kind}, {loaded.sample_rate} Hz"]
         if loaded.speakers:
-            parts.append(f", {len(loaded.speakers)} speakers")
+            parts.append(f", {_count(len(loaded.speakers), 'speaker')}")
         if loaded.languages:
-            parts.append(f", {len(loaded.languages)} languages")
+            parts.append(f", {_count(len(loaded.languages), 'language')}")
         if loaded.clones:
             parts.append(", clones voices")
         return "".join(parts) + f") on {device}"
@@ -192,6 +192,10 @@ class Coqui(SpeechBackend):
             said = f"speaker {speaker}" if speaker else model.name
         speech = functools.partial(model.pcm, request.text, speaker, language, voice, self._seed)
         return Utterance(model.sample_rate, speech, said)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _has(model: Model) -> str:
