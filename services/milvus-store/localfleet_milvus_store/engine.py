@@ -13,6 +13,7 @@ no keys takes a new dimension (the empty collection is made again with it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import threading
@@ -48,6 +49,16 @@ MAX_TOP_K = 16384
 MAX_VALUE_BYTES = 65535 // 4 * 3
 #: ids are sent in groups this size (pymilvus makes an `id in [...]` expression of each)
 _ID_CHUNK = 4096
+
+
+# A channel of its own per client (gRPC otherwise shares one per address, with its reconnect backoff, so
+# a fresh client would wait that out too) and a short backoff: back as soon as the engine is.
+_GRPC_OPTIONS = {
+    "grpc.use_local_subchannel_pool": 1,
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,24 @@ def failure(exc: BaseException, where: str) -> BackendError:
     return EngineFailure(f"the Milvus engine at {where} failed: {message}")
 
 
+def _client(config: Config) -> Any:
+    try:
+        return MilvusClient(
+            uri=config.uri,
+            token=config.token,
+            db_name=config.database,
+            timeout=config.timeout,
+            grpc_options=_GRPC_OPTIONS,
+        )
+    except Exception as exc:
+        raise failure(exc, config.where) from None
+
+
+def _released(exc: BaseException) -> bool:
+    message = str(getattr(exc, "message", None) or exc).lower()
+    return "released" in message or "not loaded" in message or "load()" in message
+
+
 def release_embedded(path: Path) -> None:
     """Stop the embedded Milvus Lite serving ``path`` (pymilvus started it in this process)."""
     from milvus_lite import server_manager_instance  # type: ignore[import-untyped]
@@ -134,18 +163,16 @@ class Store:
         self._client = client
         self._lock = threading.Lock()  # a change of dimension drops the collection: one at a time
         self._dim: int | None = None
+        # Set when a call found the engine down: the next call connects afresh rather than wait out
+        # the old channel's reconnect backoff, so the store serves as soon as the engine is back.
+        self._stale = False
+        self._reconnect = threading.Lock()
 
     @classmethod
     def connect(cls, config: Config) -> Store:
         """Connect and read the collection's dimension; raise Unavailable naming the address if the
         engine cannot be reached (so LoadModel fails at once)."""
-        try:
-            client = MilvusClient(
-                uri=config.uri, token=config.token, db_name=config.database, timeout=config.timeout
-            )
-        except Exception as exc:
-            raise failure(exc, config.where) from None
-        store = cls(config, client)
+        store = cls(config, _client(config))
         try:
             store._dim = store._read_dim()
         except BaseException:
@@ -182,7 +209,7 @@ class Store:
         ]
         with self._lock:
             self._check_dim(arr.shape[1], "key", writing=True)
-            self._call(self._client.upsert, self.config.collection, rows)
+            self._call("upsert", self.config.collection, rows)
 
     def get(self, keys: F32Array) -> tuple[F32Array, list[bytes]]:
         """The keys that exist, in request order, with their values."""
@@ -195,7 +222,7 @@ class Store:
         for lo in range(0, len(unique), _ID_CHUNK):
             chunk = unique[lo : lo + _ID_CHUNK]
             for row in self._call(
-                self._client.get,
+                "get",
                 self.config.collection,
                 ids=chunk,
                 output_fields=["key", "value"],
@@ -217,7 +244,7 @@ class Store:
             return 0
         unique = list(dict.fromkeys(_ids(arr)))
         for lo in range(0, len(unique), _ID_CHUNK):
-            self._call(self._client.delete, self.config.collection, ids=unique[lo : lo + _ID_CHUNK])
+            self._call("delete", self.config.collection, ids=unique[lo : lo + _ID_CHUNK])
         return len(unique)
 
     def find(self, query: F32Array, top_k: int) -> tuple[F32Array, list[bytes], F32Array]:
@@ -238,7 +265,7 @@ class Store:
                 )
             limit = max(count, 1)  # a TopK beyond the store asks for all of it
         hits = self._call(
-            self._client.search,
+            "search",
             self.config.collection,
             data=[q[0]],
             limit=limit,
@@ -262,7 +289,7 @@ class Store:
         if self._dim is None:
             return 0
         rows = self._call(
-            self._client.query,
+            "query",
             self.config.collection,
             filter="",
             output_fields=["count(*)"],
@@ -271,11 +298,29 @@ class Store:
         return int(rows[0]["count(*)"])
 
     # -- internals -----------------------------------------------------------------------------
-    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, reload: bool = True, **kwargs: Any) -> Any:
+        client = self._connected()
         try:
-            return method(*args, timeout=self.config.timeout, **kwargs)
+            return getattr(client, method)(*args, timeout=self.config.timeout, **kwargs)
         except Exception as exc:
-            raise failure(exc, self.config.where) from None
+            error = failure(exc, self.config.where)
+            if isinstance(error, Unavailable):
+                self._stale = True
+            elif reload and method in ("get", "query", "search") and _released(exc):
+                # An engine that restarted (or an operator) released the collection: load it, once.
+                self._call("load_collection", self.config.collection)
+                return self._call(method, *args, reload=False, **kwargs)
+            raise error from None
+
+    def _connected(self) -> Any:
+        if self._stale:
+            with self._reconnect:
+                if self._stale:
+                    old, self._client = self._client, _client(self.config)
+                    self._stale = False
+                    with contextlib.suppress(Exception):
+                        old.close()
+        return self._client
 
     def _search_params(self, limit: int) -> dict[str, Any]:
         params = dict(self.config.search_params)
@@ -285,9 +330,9 @@ class Store:
 
     def _read_dim(self) -> int | None:
         name = self.config.collection
-        if not self._call(self._client.has_collection, name):
+        if not self._call("has_collection", name):
             return None
-        described = self._call(self._client.describe_collection, name)
+        described = self._call("describe_collection", name)
         for entry in described.get("fields", []):
             if entry.get("name") == "key":
                 return int(entry.get("params", {}).get("dim"))
@@ -314,7 +359,7 @@ class Store:
     def _create(self, dim: int) -> None:
         name = self.config.collection
         if self._dim is not None:
-            self._call(self._client.drop_collection, name)
+            self._call("drop_collection", name)
             self._dim = None
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -328,7 +373,7 @@ class Store:
             params=self.config.index_params,
         )
         self._call(
-            self._client.create_collection,
+            "create_collection",
             name,
             schema=schema,
             index_params=index,
