@@ -24,3 +24,11 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.transformers.models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_musicgen() -> Path:
+    """A tiny random MusicGen, built once into the test cache (tests/transformers/tiny_musicgen.py)."""
+    from tests.transformers.tiny_musicgen import build_tiny_musicgen
+
+    return build_tiny_musicgen()

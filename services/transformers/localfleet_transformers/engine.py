@@ -1,9 +1,10 @@
 """The transformers engine: the only module that imports torch, transformers and sentence-transformers.
 
 Imported at LoadModel. Plain Python in and out: texts, token ids, floats, dicts for chat messages.
-Three kinds of model: a sentence-transformers folder (its own pooling/normalisation pipeline), a plain
+Three kinds of text model: a sentence-transformers folder (its own pooling/normalisation pipeline), a plain
 encoder (mean pooling over the last hidden state, as LocalAI's transformers backend does), and a causal
-LM (generation with the model's chat template; embeddings by the same mean pooling).
+LM (generation with the model's chat template; embeddings by the same mean pooling). A MusicGen model
+(config model_type musicgen or musicgen_melody) loads as the fourth kind, in music.py.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from localfleet.llm.replies import TextStep
 from localfleet.llm.sampling import Sampling
 from localfleet.llm.stops import StopText
 from localfleet.window import Window
+from localfleet_transformers.music import FAMILIES, MusicModel, load_music
 
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars in a log are noise
 
-Kind = Literal["sentence-transformers", "encoder", "causal-lm"]
+Kind = Literal["sentence-transformers", "encoder", "causal-lm", "musicgen"]
 #: texts of an embedding batch share a forward pass while the longest is at most this many times the
 #: shortest (or all are below SHORT_TEXT characters): padding to one long text would slow every short one
 SIMILAR_LENGTH = 2
@@ -67,7 +69,7 @@ class _Progress:
     tokens: int = 0
 
 
-def load(spec: LoadSpec) -> TextModel:
+def load(spec: LoadSpec) -> TextModel | MusicModel:
     local = Path(spec.path)
     if local.is_absolute() and not local.exists():
         raise NotFound(f"model folder {spec.path!r} does not exist on this machine")
@@ -83,6 +85,8 @@ def load(spec: LoadSpec) -> TextModel:
     dtype = _DTYPES.get(spec.dtype.lower()) if spec.dtype else None
     if spec.dtype and dtype is None:
         raise BadInput(f"DType {spec.dtype!r} is not one of {', '.join(_DTYPES)}")
+    if kind == "musicgen":
+        return load_music(spec.path, device, dtype, common)
     try:
         if kind == "sentence-transformers":
             st = SentenceTransformer(
@@ -118,6 +122,8 @@ def _kind(spec: LoadSpec, local: Path) -> Kind:
         config = AutoConfig.from_pretrained(spec.path, local_files_only=local.is_dir())
     except OSError as exc:
         raise NotFound(f"cannot read the model config of {spec.path!r}: {exc}") from None
+    if getattr(config, "model_type", "") in FAMILIES:
+        return "musicgen"
     architectures = getattr(config, "architectures", None) or []
     return "causal-lm" if any(a.endswith("ForCausalLM") for a in architectures) else "encoder"
 
