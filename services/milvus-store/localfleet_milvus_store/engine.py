@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 from pymilvus import DataType, MilvusClient  # type: ignore[import-untyped]
@@ -93,19 +92,20 @@ def failure(exc: BaseException, where: str) -> BackendError:
     if isinstance(exc, BackendError):
         return exc
     code = getattr(exc, "code", None)
-    if isinstance(exc, grpc.RpcError):
-        code = exc.code()
+    if callable(code):  # a grpc.RpcError
+        code = code()
+    code = getattr(code, "name", code)  # a grpc.StatusCode by name (pymilvus passes some on)
     message = str(getattr(exc, "message", None) or exc)
     lowered = message.lower()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "timeout" in lowered or "deadline" in lowered:
+    if code == "DEADLINE_EXCEEDED" or "timeout" in lowered or "deadline" in lowered:
         return TimedOut(f"the Milvus engine at {where} did not answer in time ({message}); retry")
-    if code == grpc.StatusCode.UNAUTHENTICATED or "auth" in lowered or "credential" in lowered:
+    if code == "UNAUTHENTICATED" or "auth" in lowered or "credential" in lowered:
         return Unauthenticated(
             f"the Milvus engine at {where} refused this backend's credentials; set "
             "LOCALFLEET_MILVUS_TOKEN (or the variable the token_env option names) to 'user:password' "
             "or an API key"
         )
-    if code in (2, grpc.StatusCode.UNAVAILABLE) or "connect" in lowered or "unavailable" in lowered:
+    if code in (2, "UNAVAILABLE") or "connect" in lowered or "unavailable" in lowered:
         return Unavailable(
             f"the Milvus engine at {where} is unreachable; start it or fix the address, and the "
             "store serves again without a restart"
@@ -252,7 +252,11 @@ class Store:
         q = _as_keys(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if top_k < 1:
             raise BadInput(f"top_k is {top_k}; ask for at least 1 result")
-        empty = (np.empty((0, q.shape[1]), np.float32), [], np.empty(0, np.float32))
+        empty: tuple[F32Array, list[bytes], F32Array] = (
+            np.empty((0, q.shape[1]), np.float32),
+            [],
+            np.empty(0, np.float32),
+        )
         if not self._check_dim(q.shape[1], "query"):
             return empty
         limit = top_k
