@@ -1,17 +1,19 @@
 """coqui: time to first audio through TTSStream and the real-time factor, beside coqui-tts's own API
 (`TTS.api.TTS(...).tts(text)`) in the same run.
 
-    python benchmarks/bench_coqui.py [--runs 10] [--model FOLDER] [--threads N]
+    python benchmarks/bench_coqui.py [--runs 10] [--model FOLDER | --xtts] [--threads N] [--speaker NAME]
 
 FOLDER is a Coqui model folder (config.json and model.pth, e.g. a VITS downloaded with `tts
 --list_models`' names). Without it the tests' tiny random VITS (tests/coqui/models.py) is built in a
 temporary folder: a small model, so the figures weigh the serving path (the runtime, gRPC, sentence
-splitting) against a cheap synthesis. A `localfleet serve coqui` process is started and TTSStream is
+splitting) against a cheap synthesis. `--xtts` builds the tests' tiny random XTTS instead (its own
+decoder's size, one preset voice) and streams with it: there TTSStream sends audio every few GPT steps
+while the API returns the whole text at once. A `localfleet serve coqui` process is started and TTSStream is
 timed from the call to the first `Reply.audio` (fresh connection each call, as LocalAI core makes it),
 then the whole stream; the same text goes through coqui-tts's API in this process, which returns the
 whole text's audio at once: its first audio is its whole run. Both run with the same torch thread count.
 Medians and p90 over --runs after two warm-up runs, and the real-time factor (synthesis time / audio
-length).
+length, pauses between sentences left out).
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ TEXT = (
     "The weather today is sunny and warm, with a light breeze from the west."
 )
 FIRST = "The quick brown fox jumps over the lazy dog."
+SENTENCES = 3
+#: Coqui's pause between sentences (samples): its API adds one after every sentence, the backend only
+#: between them, so speech is measured without them
+PAUSE = 10000
 WARMUP = 2
-SETTLE = 0.3  # seconds between measurements
+#: seconds of idle before each measurement (--settle); 0: back to back
+SETTLE = 0.0
 
 
 @dataclass
@@ -49,38 +56,49 @@ class Timing:
     samples: int
 
 
-def bare(folder: Path) -> tuple[Callable[[str], list[float]], int]:
+def bare(folder: Path, speaker: str, seed: int) -> tuple[Callable[[str], list[float]], int]:
     """coqui-tts's own API on the model, and its output rate."""
+    import torch
     from TTS.api import TTS  # type: ignore[import-untyped]
 
-    tts = TTS(model_path=str(folder / "model.pth"), config_path=str(folder / "config.json"))
+    xtts = (folder / "vocab.json").is_file()
+    model = folder if xtts else folder / "model.pth"
+    tts = TTS(model_path=str(model), config_path=str(folder / "config.json"))
     rate = int(tts.synthesizer.output_sample_rate)
-    return (lambda text: tts.tts(text=text)), rate
+    extra = {"speaker": speaker, "language": "en"} if speaker else {}
+
+    def synthesize(text: str) -> list[float]:
+        torch.manual_seed(seed)  # as the server does before each request (its option seed)
+        wav: list[float] = tts.tts(text=text, **extra)
+        return wav
+
+    return synthesize, rate
 
 
-def time_bare(synthesize: Callable[[str], list[float]], text: str) -> Timing:
+def time_bare(synthesize: Callable[[str], list[float]], text: str, sentences: int) -> Timing:
     started = time.perf_counter()
     wav = synthesize(text)
     took = time.perf_counter() - started
-    return Timing(took, took, len(wav))
+    return Timing(took, took, len(wav) - sentences * PAUSE)
 
 
-async def time_stream(addr: str) -> Timing:
+async def time_stream(addr: str, speaker: str) -> Timing:
     started = time.perf_counter()
     first = 0.0
     size = 0
     async with connect(addr) as client, client.backend.TTSStream.open() as stream:
-        await stream.send_message(pb.TTSRequest(text=TEXT), end=True)
+        await stream.send_message(pb.TTSRequest(text=TEXT, voice=speaker), end=True)
         async for reply in stream:
             if reply.audio and not size:
                 first = time.perf_counter() - started
             size += len(reply.audio)
-    return Timing(first, time.perf_counter() - started, size // 2)
+    return Timing(first, time.perf_counter() - started, size // 2 - (SENTENCES - 1) * PAUSE)
 
 
-async def wait_loaded(addr: str, folder: Path) -> None:
+async def wait_loaded(addr: str, folder: Path, seed: int) -> None:
     async with connect(addr) as client:
-        result = await client.backend.LoadModel(pb.ModelOptions(Model=str(folder)), timeout=300)
+        request = pb.ModelOptions(Model=str(folder), Options=[f"seed:{seed}"])
+        result = await client.backend.LoadModel(request, timeout=300)
         if not result.success:
             raise SystemExit(f"LoadModel {folder} failed: {result.message}")
 
@@ -115,24 +133,25 @@ def report(name: str, rate: int, grpc: list[Timing], whole: list[Timing], first:
     print(f"  speed vs bare (bare RTF / gRPC RTF):    {rtf_bare / rtf_grpc:.2f} (target >= 0.95)")
 
 
-async def bench(folder: Path, runs: int, threads: int) -> None:
+async def bench(folder: Path, runs: int, threads: int, speaker: str = "", settle: float = SETTLE) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    synthesize, rate = bare(folder)
+    seed = 5
+    synthesize, rate = bare(folder, speaker, seed)
     env = {"OMP_NUM_THREADS": str(threads)}
     with spawn("coqui", timeout=120, env=env) as process:
-        await wait_loaded(process.addr, folder)
+        await wait_loaded(process.addr, folder, seed)
         grpc: list[Timing] = []
         whole: list[Timing] = []
         first: list[Timing] = []
         for run in range(WARMUP + runs):
             # Interleaved, so both see the same machine load.
-            await asyncio.sleep(SETTLE)
-            streamed = await time_stream(process.addr)
-            await asyncio.sleep(SETTLE)
-            here = time_bare(synthesize, TEXT)
-            alone = time_bare(synthesize, FIRST)
+            await asyncio.sleep(settle)
+            streamed = await time_stream(process.addr, speaker)
+            await asyncio.sleep(settle)
+            here = time_bare(synthesize, TEXT, SENTENCES)
+            alone = time_bare(synthesize, FIRST, 1)
             if run >= WARMUP:
                 grpc.append(streamed)
                 whole.append(here)
@@ -147,15 +166,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
     parser.add_argument("--model", type=Path, help="a Coqui model folder; default: the tests' tiny VITS")
+    parser.add_argument("--xtts", action="store_true", help="the tests' tiny random XTTS")
+    parser.add_argument("--speaker", default="", help="the voice to speak with (an XTTS preset voice)")
+    parser.add_argument("--settle", type=float, default=SETTLE, help="seconds idle before each call")
     args: Any = parser.parse_args(argv)
     if args.model is not None:
-        asyncio.run(bench(args.model.resolve(), args.runs, args.threads))
+        asyncio.run(bench(args.model.resolve(), args.runs, args.threads, args.speaker, args.settle))
         return
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))  # the checkout, for tests/
-    from tests.coqui.models import build_vits
+    from tests.coqui.models import XTTS_SPEAKER, build_vits, build_xtts
 
     with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(bench(build_vits(Path(scratch) / "tiny-vits"), args.runs, args.threads))
+        if args.xtts:
+            folder = build_xtts(Path(scratch) / "tiny-xtts")
+            asyncio.run(bench(folder, args.runs, args.threads, args.speaker or XTTS_SPEAKER, args.settle))
+        else:
+            vits = build_vits(Path(scratch) / "tiny-vits")
+            asyncio.run(bench(vits, args.runs, args.threads, args.speaker, args.settle))
 
 
 if __name__ == "__main__":

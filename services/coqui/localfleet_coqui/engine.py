@@ -9,11 +9,12 @@ model by its file name. XTTS folders also hold vocab.json and, for its preset vo
 
 Two families, one interface (`Model.pcm`):
 - single-pass models (VITS, YourTTS, Glow-TTS, Tacotron with a vocoder, ...): each sentence is
-  synthesized whole and handed on as soon as it is ready, followed by the pause Coqui puts between
-  sentences;
+  synthesized whole and handed on as soon as it is ready;
 - XTTS: `inference_stream`, which hands on audio every few GPT steps, so the first audio of a sentence
   arrives before the sentence is done. The voice is a reference recording (decoded by the runtime's
   PyAV, not torchaudio, which would need FFmpeg's libraries) or one of its preset speakers.
+
+Sentences after the first open with the pause Coqui's own API puts between sentences.
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ class Model:
             latent, embedding = model.speaker_manager.speakers[speaker].values()
         code = language.split("-", maxsplit=1)[0]
         limit = min(PIECE_CHARS, model.tokenizer.char_limits.get(code, PIECE_CHARS))
+        pause = np.zeros(PAUSE_SAMPLES, dtype=np.float32)
+        first = True
         for piece in split_sentences(text, limit):
+            opening = not first  # a later sentence opens with Coqui's pause between sentences
             for chunk in model.inference_stream(
                 piece,
                 language,
@@ -164,7 +168,8 @@ class Model:
             ):
                 audio = chunk.detach().cpu().numpy().astype(np.float32).reshape(-1)
                 if audio.size:
-                    yield pcm16(audio)
+                    yield pcm16(np.concatenate([pause, audio]) if opening else audio)
+                    opening = first = False
 
 
 def split_sentences(text: str, limit: int = PIECE_CHARS) -> list[str]:
