@@ -197,3 +197,19 @@ async def test_the_embedded_engine_keeps_its_data_across_backend_restarts(tmp_pa
 
 def test_pymilvus_is_imported_only_with_the_first_store() -> None:
     assert imported_before_load("milvus-store", ("pymilvus", "milvus_lite", "numpy", "grpc")) == "none"
+
+
+@pytest.mark.asyncio
+async def test_two_backends_on_one_engine_share_a_store(engine: Engine) -> None:
+    """Replicas of the backend behind one engine: a store one makes, the other sees and writes to."""
+    name, options = fresh("shared"), [f"uri:{engine.uri}"]
+    async with serving(MilvusStore()) as first, serving(MilvusStore()) as second:
+        assert (await load(first.client, name, *options)).success
+        assert (await load(second.client, name, *options)).success  # empty yet: no dimension
+        await put(first.client, [[1, 2, 3]], [b"from the first"])
+        assert (await put(second.client, [[3, 2, 1]], [b"from the second"])).success
+        err = await error(put(second.client, [[1, 2]], [b"wrong"]))
+        assert "dimension 2" in (err.message or "")
+        assert "dimension 3" in (err.message or "")
+        found = await get(first.client, [1, 2, 3], [3, 2, 1])
+    assert found == {(1.0, 2.0, 3.0): b"from the first", (3.0, 2.0, 1.0): b"from the second"}

@@ -350,6 +350,11 @@ class Store:
         (False), a write makes the collection again with it. Otherwise BadInput naming both sizes."""
         if self._dim == dim:
             return True
+        # Another client of the engine (a second replica of this backend) may have made or changed the
+        # collection since this one last looked.
+        self._dim = self._read_dim()
+        if self._dim == dim:
+            return True
         if self._dim is not None and self.count() > 0:
             raise BadInput(
                 f"{what} dimension {dim} does not match the store's dimension {self._dim}; send "
