@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grpc import StatusCode  # type: ignore[import-untyped]
 from grpclib.const import Status
-from pymilvus import MilvusClient  # type: ignore[import-untyped]
+from pymilvus import MilvusClient, MilvusException  # type: ignore[import-untyped]
 
 from localfleet.client import connect
+from localfleet.errors import EngineFailure, TimedOut, Unauthenticated, Unavailable
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, free_port, serving, spawn
+from localfleet_milvus_store.engine import failure
 from localfleet_milvus_store.servicer import MilvusStore, collection_name
 from tests.import_probe import imported_before_load
 from tests.milvus_store.conftest import Engine
@@ -213,3 +216,20 @@ async def test_two_backends_on_one_engine_share_a_store(engine: Engine) -> None:
         assert "dimension 3" in (err.message or "")
         found = await get(first.client, [1, 2, 3], [3, 2, 1])
     assert found == {(1.0, 2.0, 3.0): b"from the first", (3.0, 2.0, 1.0): b"from the second"}
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (MilvusException(code=2, message="Fail connecting to server on 10.0.0.9:19530"), Unavailable),
+        (MilvusException(code=StatusCode.UNAVAILABLE, message="[search] Retry timeout: 10s"), Unavailable),
+        (MilvusException(code=StatusCode.DEADLINE_EXCEEDED, message="deadline exceeded"), TimedOut),
+        (MilvusException(code=1800, message="auth check failure, please check username"), Unauthenticated),
+        (MilvusException(code=65535, message="collection schema mismatch"), EngineFailure),
+    ],
+)
+def test_pymilvus_failures_map_to_statuses_naming_the_engine(raised: Exception, expected: type) -> None:
+    """pymilvus's own exceptions, as a cluster raises them (Milvus Lite has no authentication)."""
+    error = failure(raised, "http://milvus:19530")
+    assert type(error) is expected
+    assert "http://milvus:19530" in str(error)

@@ -87,6 +87,9 @@ def shown(uri: str) -> str:
     return uri
 
 
+_AUTH_WORDS = ("authenticat", "auth check", "credential")
+
+
 def failure(exc: BaseException, where: str) -> BackendError:
     """The typed error for a pymilvus failure: the engine's state, named by its address."""
     if isinstance(exc, BackendError):
@@ -94,21 +97,23 @@ def failure(exc: BaseException, where: str) -> BackendError:
     code = getattr(exc, "code", None)
     if callable(code):  # a grpc.RpcError
         code = code()
-    code = getattr(code, "name", code)  # a grpc.StatusCode by name (pymilvus passes some on)
+    if not isinstance(code, int):
+        code = getattr(code, "name", code)  # a grpc.StatusCode by name (pymilvus passes some on)
     message = str(getattr(exc, "message", None) or exc)
     lowered = message.lower()
+    # The status code first: pymilvus words an unreachable engine's retries as "Retry timeout".
+    if code in (2, "UNAVAILABLE") or (code is None and ("connect" in lowered or "unavailable" in lowered)):
+        return Unavailable(
+            f"the Milvus engine at {where} is unreachable; start it or fix the address, and the "
+            "store serves again without a restart"
+        )
     if code == "DEADLINE_EXCEEDED" or "timeout" in lowered or "deadline" in lowered:
         return TimedOut(f"the Milvus engine at {where} did not answer in time ({message}); retry")
-    if code == "UNAUTHENTICATED" or "auth" in lowered or "credential" in lowered:
+    if code in ("UNAUTHENTICATED", 1800) or any(word in lowered for word in _AUTH_WORDS):
         return Unauthenticated(
             f"the Milvus engine at {where} refused this backend's credentials; set "
             "LOCALFLEET_MILVUS_TOKEN (or the variable the token_env option names) to 'user:password' "
             "or an API key"
-        )
-    if code in (2, "UNAVAILABLE") or "connect" in lowered or "unavailable" in lowered:
-        return Unavailable(
-            f"the Milvus engine at {where} is unreachable; start it or fix the address, and the "
-            "store serves again without a restart"
         )
     return EngineFailure(f"the Milvus engine at {where} failed: {message}")
 
