@@ -11,7 +11,7 @@ import pytest
 from localfleet.client import Client
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import serving
-from localfleet_local_store import ann
+from localfleet_local_store import ann, engine
 from localfleet_local_store.ann import IndexConfig
 from localfleet_local_store.engine import VectorStore
 from localfleet_local_store.servicer import LocalStore
@@ -183,3 +183,77 @@ async def test_hnsw_over_grpc_keeps_namespaces_apart() -> None:
         bad = await c.backend.LoadModel(pb.ModelOptions(Model="store://x", Options=["index:ivf"]))
         assert not bad.success
         assert "option 'index'" in bad.message
+
+
+def test_the_graph_is_asked_for_more_candidates_than_topk_and_they_are_reranked_exactly() -> None:
+    # A small beam over an int8 graph: its own top 10 misses about a quarter of the exact top 10, but
+    # the exact top 10 are nearly always among its top 40, which the engine re-ranks with float32 keys.
+    small = IndexConfig("hnsw", m=8, ef_construction=32, ef_search=10, dtype="i8")
+    store = VectorStore.open(None, index=small)
+    keys = data()
+    store.set(keys, [str(i).encode() for i in range(N)])
+    assert recall(store, keys, list(range(N)), data(50, seed=11)) >= 0.95
+
+
+def test_a_graph_crowded_with_removed_keys_is_rebuilt_over_the_live_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
+    store, keys = filled()
+    assert store._ann is not None
+    full = store._ann._index.serialized_length  # nodes, tombstones included (memory_usage has a floor)
+    store.delete(keys[: N // 4])  # a quarter: tombstones below half the live keys, the graph is kept
+    assert "rebuilt" not in caplog.text
+    assert store._ann._index.serialized_length == full
+    for lo in range(N // 4, 3 * N // 4, 500):
+        store.delete(keys[lo : lo + 500])
+    assert "HNSW index rebuilt" in caplog.text
+    graph = store._ann
+    assert graph is not None
+    assert graph.tombstones < ann.REBUILD_MIN
+    assert graph._index.serialized_length < 0.4 * full  # the removed keys' nodes are gone, not marked
+    live = keys[3 * N // 4 :]
+    names = list(range(3 * N // 4, N))
+    assert recall(store, live, names, data(30, seed=12)) >= 0.95
+    for q in keys[:20]:
+        assert all(int(v) >= 3 * N // 4 for v in store.find(q, 5)[1])
+    # Upserts after the rebuild land in the new graph under new ids.
+    store.set(data(10, seed=13), [b"later"] * 10)
+    assert store.find(data(10, seed=13)[4], 1)[1] == [b"later"]
+
+
+def test_the_graph_dtype_is_part_of_the_saved_index(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, keys = filled(tmp_path)
+    store.close()
+    caplog.set_level("INFO")
+    f32 = IndexConfig("hnsw", HNSW.m, HNSW.ef_construction, HNSW.ef_search, "f32")
+    reopened = VectorStore.open(tmp_path, index=f32)
+    assert "other parameters" in caplog.text
+    assert recall(reopened, keys, list(range(N)), data(10, seed=14)) >= 0.95
+    reopened.close()
+    caplog.clear()
+    again = VectorStore.open(tmp_path, index=f32)
+    assert "rebuilding" not in caplog.text
+    again.close()
+
+
+def test_blas_runs_one_thread_and_the_scan_splits_over_the_stores_own_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
+
+    # OpenBLAS' spinning workers took the cores the gRPC threads needed (see engine.py).
+    assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+    monkeypatch.setattr(engine, "usable", lambda: 3)  # three uneven chunks, whatever this machine has
+    n = engine._SPLIT_MIN_N + 1001
+    keys = np.random.default_rng(20).standard_normal((n, DIM)).astype(np.float32)
+    store = VectorStore.open(None)
+    store.set(keys, [str(i).encode() for i in range(n)])
+    unit = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    for q in data(5, seed=21):
+        _, values, sims = store.find(q, 10)
+        cos = unit @ (q / np.linalg.norm(q))
+        assert [int(v) for v in values] == [int(i) for i in np.argsort(-cos)[:10]]
+        np.testing.assert_allclose(sims, np.sort(cos)[::-1][:10], rtol=1e-5)
+    # The last column is scanned too (the chunks cover 0..n-1 exactly).
+    assert store.find(keys[-1], 1)[1] == [str(n - 1).encode()]

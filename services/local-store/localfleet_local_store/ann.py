@@ -7,6 +7,15 @@ save/restore to a file, and SIMD distance kernels picked at run time.
 Labels are ids the engine hands out (never reused), not column numbers: the engine moves columns on
 delete, and an id stays put. Vectors go in L2-normalised, so inner product is cosine.
 
+The graph only proposes candidates: it is asked for several times TopK (``OVERSAMPLE``) and the engine
+ranks those by their exact cosine from the store's own float32 keys. So the graph may hold its vectors in
+half precision (``f16``, the default: half the memory and about twice the build speed of ``f32``) or int8
+(``i8``, a quarter) and still return the exact top k whenever they are among its candidates.
+
+usearch keeps a removed key's node as a tombstone that later adds reuse; deletes with few adds leave the
+graph full of them (memory held, searches walking dead nodes), so past ``REBUILD_FRACTION`` of the live
+count the engine builds the graph anew from the live keys.
+
 The copy on disk (``hnsw.usearch`` plus ``hnsw.meta``) is only a cache of what the snapshot holds: it is
 written after a snapshot, and used at open only when its meta names that very snapshot (generation and
 CRC), its parameters and dimension, and the usearch file's size and CRC. Anything else (a crash between
@@ -36,10 +45,17 @@ INDEX_NAME = "hnsw.usearch"
 META_NAME = "hnsw.meta"
 _TMP = ".tmp"
 _META = struct.Struct(
-    "<4sIQIQIIIQIQ"
-)  # magic, version, generation, snap crc, count, dim, m, efc, size, crc, next
+    "<4sIQIQIIIQIQI"
+)  # magic, version, generation, snap crc, count, dim, m, efc, size, crc, next, dtype
 _MAGIC = b"LFSH"
-_VERSION = 1
+_VERSION = 2
+Dtype = Literal["f32", "f16", "i8"]
+_DTYPES: tuple[Dtype, ...] = ("f32", "f16", "i8")
+# Candidates asked of the graph per result wanted, re-ranked exactly by the engine.
+OVERSAMPLE = 4
+# Rebuild once the tombstones outnumber this fraction of the live keys (and REBUILD_MIN).
+REBUILD_FRACTION = 0.5
+REBUILD_MIN = 1024
 _CRC = struct.Struct("<I")
 # Adds go in in slices, each under the index lock, so a find waits for one slice at most.
 _ADD_SLICE = 2048
@@ -53,10 +69,16 @@ class IndexConfig:
     m: int = 16
     ef_construction: int = 128
     ef_search: int = 64
+    dtype: Dtype = "f16"
 
     def same_graph(self, other: IndexConfig) -> bool:
         """Whether an index built with ``other`` serves this config (ef_search can change at any time)."""
-        return (self.kind, self.m, self.ef_construction) == (other.kind, other.m, other.ef_construction)
+        return (self.kind, self.m, self.ef_construction, self.dtype) == (
+            other.kind,
+            other.m,
+            other.ef_construction,
+            other.dtype,
+        )
 
 
 class Hnsw:
@@ -69,10 +91,11 @@ class Hnsw:
         from usearch.index import Index  # only a store with index:hnsw loads it
 
         self.lock = threading.Lock()
+        self.tombstones = 0  # removed keys whose nodes no add has reused yet
         self._index = Index(
             ndim=dim,
             metric="ip",
-            dtype="f32",
+            dtype=config.dtype,
             connectivity=config.m,
             expansion_add=config.ef_construction,
             expansion_search=config.ef_search,
@@ -81,17 +104,25 @@ class Hnsw:
     def set_ef_search(self, ef: int) -> None:
         with self.lock:
             self._index.expansion_search = ef  # type: ignore[misc]  # a setter at run time, not in its stubs
-            self.config = IndexConfig("hnsw", self.config.m, self.config.ef_construction, ef)
+            old = self.config
+            self.config = IndexConfig("hnsw", old.m, old.ef_construction, ef, old.dtype)
 
     def add(self, ids: npt.NDArray[np.uint64], unit_rows: npt.NDArray[np.float32]) -> None:
         threads = usable()
         for lo in range(0, ids.shape[0], _ADD_SLICE):
             with self.lock:
                 self._index.add(ids[lo : lo + _ADD_SLICE], unit_rows[lo : lo + _ADD_SLICE], threads=threads)
+        self.tombstones = max(0, self.tombstones - ids.shape[0])  # usearch fills freed slots first
 
     def remove(self, ids: npt.NDArray[np.uint64]) -> None:
         with self.lock:
             self._index.remove(ids)
+        self.tombstones += ids.shape[0]
+
+    def stale(self) -> bool:
+        """Whether tombstones crowd the graph enough that building it anew pays."""
+        live = len(self._index)
+        return self.tombstones >= max(REBUILD_MIN, REBUILD_FRACTION * live)
 
     def search(self, unit_query: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.uint64]:
         with self.lock:
@@ -127,6 +158,7 @@ class Hnsw:
                 size,
                 crc,
                 next_id,
+                _DTYPES.index(self.config.dtype),
             )
             body = head + np.ascontiguousarray(ids, dtype="<u8").tobytes()
             with meta_tmp.open("wb") as f:
@@ -184,12 +216,12 @@ def _check(  # noqa: PLR0911 (one return per reason to rebuild)
         or zlib.crc32(data[: -_CRC.size]) != _CRC.unpack(data[-_CRC.size :])[0]
     ):
         return f"{META_NAME} is damaged"
-    magic, version, gen, snap_crc, n, d, m, efc, size, crc, next_id = _META.unpack_from(data)
+    magic, version, gen, snap_crc, n, d, m, efc, size, crc, next_id, dtype = _META.unpack_from(data)
     if magic != _MAGIC or version != _VERSION:
         return f"{META_NAME} has another format"
     if (gen, snap_crc) != (generation, snapshot_crc):
         return "it was saved for another snapshot"
-    if (n, d, m, efc) != (count, dim, config.m, config.ef_construction):
+    if (n, d, m, efc, dtype) != (count, dim, config.m, config.ef_construction, _DTYPES.index(config.dtype)):
         return "it was built with other parameters or keys"
     if len(data) != _META.size + 8 * n + _CRC.size:
         return f"{META_NAME} is damaged"

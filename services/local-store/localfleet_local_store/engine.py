@@ -16,6 +16,10 @@ while they read. A find therefore never sees half a batch, and readers are not b
 writer validates, copies or fsyncs. Writers read the index without ``_state_lock``: only writers
 mutate it, and they hold ``_write_lock``. New rows are written past column n before publishing,
 where no reader looks.
+
+Threads: the scan runs on this process's own threads, in column chunks (one per usable CPU), with BLAS
+held to one thread. OpenBLAS' own workers spin for a while after every call; in a server they took the
+cores the gRPC threads needed next, and a find through gRPC cost twice the bare scan. Ours sleep when done.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from localfleet.cpus import usable
 from localfleet.errors import BadInput, EngineFailure, NotLoaded
+from localfleet_local_store.ann import OVERSAMPLE  # usearch itself loads with the first graph
 from localfleet_local_store.journal import OP_SET, Persistence, SyncMode
 
 if TYPE_CHECKING:
@@ -47,6 +54,48 @@ _BLOCK_MIN_N = 8192
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
 # With an HNSW index, a find scans exactly when the store is this small or asks for most of it.
 _ANN_MIN_N = 2048
+# The scan is split over threads from here on (below, handing chunks over costs more than it saves).
+_SPLIT_MIN_N = 32768
+_GRAPH_BATCH = 65536
+
+_scan_pool: ThreadPoolExecutor | None = None
+_scan_pool_lock = threading.Lock()
+
+
+def _limit_blas() -> None:
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(1, user_api="blas")  # for the process: the scan brings its own threads
+
+
+_limit_blas()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _scan_pool  # noqa: PLW0603 (one pool per process, made with the first large scan)
+    with _scan_pool_lock:
+        if _scan_pool is None:
+            _scan_pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="store-scan")
+        return _scan_pool
+
+
+def _scan(qn: F32Array, kt: F32Array, n: int) -> F32Array:
+    """``qn @ kt[:, :n]``, in column chunks on the scan threads and this one when n is large."""
+    workers = usable()
+    if workers == 1 or n < _SPLIT_MIN_N:
+        out: F32Array = qn @ kt[:, :n]
+        return out
+    sims = np.empty(n, dtype=np.float32)
+    step = -(-n // workers)
+    pool = _pool(workers)
+    futures = [
+        pool.submit(np.matmul, qn, kt[:, lo : min(n, lo + step)], out=sims[lo : min(n, lo + step)])
+        for lo in range(step, n, step)
+    ]
+    np.matmul(qn, kt[:, :step], out=sims[:step])
+    for future in futures:
+        future.result()
+    return sims
 
 
 def _normalize(rows: F32Array) -> F32Array:
@@ -339,7 +388,7 @@ class VectorStore:
             n = self._n
             if n == 0:
                 return np.empty((0, q.shape[0]), dtype=np.float32), [], np.empty(0, dtype=np.float32)
-            sims = qn @ self._kt[:, :n]
+            sims = _scan(qn, self._kt, n)
             idx = _top_k(sims, min(top_k, n))  # a TopK beyond the store asks for all of it, no more
             found_keys = self._raw[idx]
             found_values = [self._values[i] for i in idx.tolist()]
@@ -356,7 +405,7 @@ class VectorStore:
         k = min(top_k, n)
         if n == 0:
             return np.empty((0, q.shape[0]), dtype=np.float32), [], np.empty(0, dtype=np.float32)
-        want = k
+        want = min(n, OVERSAMPLE * k)  # the graph proposes, the exact cosines decide
         while True:
             ids = ann.search(qn, want) if ann is not None and n > _ANN_MIN_N and 4 * k <= n else None
             with self._state_lock:
@@ -399,10 +448,8 @@ class VectorStore:
             ann, ids, next_id = loaded
             self._ann_saved = (persist.generation, persist.snapshot_crc) if persist else None
         else:
-            ann = Hnsw(dim, self._config)
             ids, next_id = np.arange(n, dtype=np.uint64), n
-            for lo in range(0, n, 65536):
-                ann.add(ids[lo : lo + 65536], _normalize(self._raw[lo : min(n, lo + 65536)]))
+            ann = self._build_graph(ids)
         col_of = np.full(max(next_id, 1024), -1, dtype=np.int64)
         col_of[ids.astype(np.intp)] = np.arange(n)
         ids_all = np.empty(self._raw.shape[0], dtype=np.uint64)
@@ -410,6 +457,32 @@ class VectorStore:
         with self._state_lock:
             self._ann, self._ids, self._col_of, self._next_id = ann, ids_all, col_of, next_id
             self._kt = np.empty((dim, 0), dtype=np.float32)  # the graph answers finds now
+
+    def _build_graph(self, ids: npt.NDArray[np.uint64]) -> Hnsw:
+        """A graph over columns 0..len(ids)-1 under these ids. Write lock held (or opening)."""
+        from localfleet_local_store.ann import Hnsw
+
+        assert self._config is not None
+        n = ids.shape[0]
+        ann = Hnsw(self._raw.shape[1], self._config)
+        for lo in range(0, n, _GRAPH_BATCH):
+            hi = min(n, lo + _GRAPH_BATCH)
+            ann.add(ids[lo:hi], _normalize(self._raw[lo:hi]))
+        return ann
+
+    def _rebuild_graph(self) -> None:
+        """Replace a graph crowded with tombstones by one over the live keys, under the same ids (so
+        readers still on the old graph map its answers right). Write lock held."""
+        old = self._ann
+        ann = self._build_graph(self._ids[: self._n].copy())
+        logger.info(
+            "HNSW index rebuilt over %d live keys (%d removed keys were left in the graph)",
+            self._n,
+            old.tombstones if old is not None else 0,
+        )
+        with self._state_lock:
+            self._ann = ann
+            self._ann_saved = None
 
     def _index_add(self, count: int, rows: F32Array) -> npt.NDArray[np.uint64]:
         """New ids for ``count`` new keys, added to the graph (not yet published). Write lock held."""
@@ -533,6 +606,8 @@ class VectorStore:
             self._remove(list(cols), removed)
         if ann is not None and gone is not None:
             ann.remove(gone)  # finds meanwhile skip these ids: they map to no column any more
+            if self._n and ann.stale():
+                self._rebuild_graph()
         return len(cols)
 
     def _remove(self, kbs: list[bytes], removed: npt.NDArray[np.intp]) -> None:
