@@ -24,7 +24,7 @@ from localfleet.speech import pcm16
 from localfleet.testing import Served, serving
 from localfleet_transformers.servicer import Transformers
 from tests.steps import watching_steps
-from tests.transformers.tiny_musicgen import CODEBOOKS, FRAME_RATE, SAMPLE_RATE
+from tests.transformers.tiny_musicgen import CODEBOOKS, FRAME_RATE, SAMPLE_RATE, WINDOW
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -224,6 +224,21 @@ async def test_src_is_continued_after_its_own_audio(
     assert err.status == Status.INVALID_ARGUMENT
     assert f"over this model's limit of {MAX_SECONDS} s" in (err.message or "")
     assert not (roots / "long.wav").exists()
+
+
+async def test_a_prompt_past_the_text_encoders_window_is_cut_to_it(tiny_musicgen: Path) -> None:
+    # The tiny model's random text encoder hears no difference past a few hundred tokens, so this is
+    # checked on what the engine hands generate(): at most the tokenizer's window, the end mark last.
+    from localfleet_transformers.engine import LoadSpec, load
+    from localfleet_transformers.music import Asked, MusicModel
+
+    model = load(LoadSpec(path=str(tiny_musicgen)))
+    assert isinstance(model, MusicModel)
+    words = ["sad", "piano", "song"] * 1000
+    ids = model.inputs(Asked(" ".join(words), 1.0))["input_ids"][0].tolist()
+    assert len(ids) == WINDOW
+    assert ids == model.inputs(Asked(" ".join(words[: WINDOW - 1]), 1.0))["input_ids"][0].tolist()
+    assert len(model.inputs(Asked("sad piano song", 1.0))["input_ids"][0]) == 4
 
 
 # -- what is refused, and the process serves on ---------------------------------------------------------

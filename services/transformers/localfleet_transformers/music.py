@@ -105,7 +105,7 @@ class MusicModel:
         model = self.model
         if model is None:
             raise EngineFailure("the model was unloaded during the request")
-        inputs = self._inputs(asked)
+        inputs = self.inputs(asked)
         steps = self.steps_for(asked.seconds)
         kwargs: dict[str, Any] = {"max_new_tokens": steps}
         sample = asked.sample
@@ -126,9 +126,15 @@ class MusicModel:
         prompt = 0 if asked.prompt is None else len(asked.prompt)
         return samples[: prompt + round(asked.seconds * self.sample_rate)]
 
-    def _inputs(self, asked: Asked) -> dict[str, Any]:
-        # Without a text (continuation alone) the prompt is the empty text: the tokenizer's end mark.
-        fields: dict[str, Any] = {"text": [asked.text], "padding": True, "return_tensors": "pt"}
+    def inputs(self, asked: Asked) -> dict[str, Any]:
+        """The processor's tensors for `asked`: the text's token ids, and the prompt's samples if any."""
+        # Without a text (continuation alone) the prompt is the empty text: the tokenizer's end mark. A
+        # text past the encoder's window (T5's 512 tokens) is cut, as its attention grows with the square.
+        fields: dict[str, Any] = {
+            "text": [asked.text],
+            "text_kwargs": {"truncation": True},
+            "return_tensors": "pt",
+        }
         if asked.prompt is not None:
             fields.update(audio=asked.prompt, sampling_rate=self.sample_rate)
         inputs = self.processor(**fields)
