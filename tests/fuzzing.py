@@ -104,7 +104,7 @@ class Stage:
 class Target:
     backend: str  # as `localfleet serve` names it
     rpcs: Sequence[str]  # every RPC it serves (`served`)
-    stages: Sequence[Stage]
+    stages: Sequence[Stage]  # none: no model loads here, and the `unseeded` RPCs meet the server unloaded
     folder: Path  # LOCALFLEET_PATH_ROOTS: the one folder requests may read or write (`workspace`)
     rss_bound: int  # bytes the server's peak RSS must stay under
     per_rpc: int = 200
@@ -685,7 +685,8 @@ def replay(target: Target, rpc: str, number: int) -> Case:
 
 def _control_seeds(target: Target) -> dict[str, Message]:
     seeds: dict[str, Message] = {rpc: pb.HealthMessage() for rpc in CONTROL}
-    seeds["LoadModel"] = target.stages[0].model
+    if target.stages:  # a target with none fuzzes a server no model here can load (`unseeded` only)
+        seeds["LoadModel"] = target.stages[0].model
     return seeds
 
 
@@ -724,7 +725,8 @@ def known_cases(target: Target, rpcs: Sequence[str]) -> list[Case]:
     LoadModel of a name too long for a file name that ends as the seed model's does (its extension)."""
     known = [(rpc, request) for rpc, request in target.known if rpc in rpcs]
     if "LoadModel" in rpcs:
-        known.append(("LoadModel", pb.ModelOptions(Model="x" * 300 + target.stages[0].model.Model)))
+        ending = target.stages[0].model.Model if target.stages else ".bin"
+        known.append(("LoadModel", pb.ModelOptions(Model="x" * 300 + ending)))
     for rpc in rpcs:
         request = getattr(pb, SERVICE.methods_by_name[rpc].input_type.name)()
         name = "Model" if rpc == "LoadModel" else "ModelIdentity"
@@ -963,6 +965,10 @@ class _Session:
 
     async def _fuzz(self, channel: Channel) -> None:
         done: set[str] = set()
+        if not self.target.stages:  # no model can be loaded here: every RPC meets the server unloaded
+            rpcs = [rpc for rpc in self.target.unseeded if rpc in self.target.rpcs]
+            if not await self._cases(channel, rpcs, {}):
+                return
         for stage in self.target.stages:
             await self._load(channel, stage.model)
             self.report.loaded_rss = self.report.loaded_rss or self.memory.now()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from localfleet.backend import Backend
 from localfleet.call import Call
@@ -25,7 +25,7 @@ from localfleet.paths import PATH_CHARS
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy.typing as npt
 
 SAMPLE_RATE = 16_000
 FORMATS = "wav, mp3, flac, ogg"
@@ -33,7 +33,7 @@ FORMATS = "wav, mp3, flac, ogg"
 AUDIO_FIELD = "the audio file (dst)"
 
 
-def decode(path: Path | str, field: str = "dst", rate: int = SAMPLE_RATE) -> np.ndarray:
+def decode(path: Path | str, field: str = "dst", rate: int = SAMPLE_RATE) -> npt.NDArray[Any]:
     """Mono float32 samples in [-1, 1] at `rate` (16 kHz: what speech to text takes); BadInput naming
     `field` when it is not audio."""
     import numpy as np
@@ -47,7 +47,7 @@ def decode(path: Path | str, field: str = "dst", rate: int = SAMPLE_RATE) -> np.
     named = f"{field} {excerpt(str(path), PATH_CHARS)}"
     if path.stat().st_size == 0:
         raise BadInput(f"{named} is an empty file; send an audio file ({FORMATS})")
-    chunks: list[np.ndarray] = []
+    chunks: list[npt.NDArray[Any]] = []
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -148,7 +148,7 @@ class Transcriber(Protocol):
     languages: set[str]
     multilingual: bool
 
-    def start(self, audio: np.ndarray, asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
+    def start(self, audio: npt.NDArray[Any], asked: Asked) -> tuple[Transcription, Iterator[Segment]]:
         """Blocking work up to the first segment (features, language); then segments, lazily.
 
         Closing the iterator must stop decoding: nothing past the segment in progress is computed.

@@ -27,7 +27,7 @@ import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -42,7 +42,7 @@ from localfleet.paths import WAV
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy.typing as npt
 
 CHANNELS = 1
 #: file extensions that make a `voice` a reference recording (what `audio.decode` reads)
@@ -163,7 +163,7 @@ def is_recording(voice: str) -> bool:
     return "/" in voice or voice.lower().endswith(RECORDINGS)
 
 
-def pcm16(samples: np.ndarray) -> bytes:
+def pcm16(samples: npt.NDArray[Any]) -> bytes:
     """float samples in [-1, 1] (clipped) as s16le PCM."""
     import numpy as np
 
