@@ -161,6 +161,12 @@ class MilvusStore(Backend):
             else:
                 self._temporary = tempfile.mkdtemp(prefix="localfleet-milvus-")
                 folder = Path(self._temporary)
+                # Said at the start, not only at exit: an operator must know before storing anything.
+                log.warning(
+                    "no engine address and no LOCALFLEET_MILVUS_DIR: stores live in %s, removed at "
+                    "exit; set LOCALFLEET_MILVUS_DIR (or a uri) to keep them",
+                    folder,
+                )
             folder.mkdir(parents=True, exist_ok=True)
             self._embedded = folder / "milvus.db"  # pymilvus starts Milvus Lite for a path ending .db
         return str(self._embedded)
