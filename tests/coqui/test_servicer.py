@@ -241,6 +241,18 @@ async def test_loadmodel_refuses_what_coqui_cannot_serve(single: Path, tmp_path:
         assert await served.client.healthy()
 
 
+async def test_the_loaded_model_is_out_of_the_collectors_way_until_freed(roots: Path, single: Path) -> None:
+    import gc
+
+    # A full collection would walk torch's and coqui-tts's objects, holding the GIL, after every long
+    # text (the runtime's heap trim): they are frozen while the model is loaded, and thawed by Free.
+    async with serving_tts(Coqui(), roots, [single], Model=str(single)) as (served, _):
+        assert gc.get_freeze_count() > 50_000
+        result = await served.client.backend.Free(pb.HealthMessage())
+        assert result.success, result.message
+        assert gc.get_freeze_count() == 0
+
+
 async def test_the_model_builder_is_deterministic(tmp_path: Path) -> None:
     from tests.coqui.models import build_vits
 
