@@ -23,8 +23,9 @@ LARGE_REQUEST_BYTES = 4 * 2**20
 BESIDE_HEADROOM = 512 * 2**20
 #: files counted when sizing a model folder: past this, the folder is not a model to size
 MAX_MODEL_FILES = 10_000
-#: seconds from a large request to the trim: time for its reply to go and its buffers to be freed
-TRIM_DELAY = 0.5
+#: seconds with no large request before the trim: its reply gone and its buffers freed, and no traffic
+#: that would fault the pages straight back in
+TRIM_DELAY = 2.0
 
 
 def rss() -> int:
@@ -148,7 +149,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
-_trim_due: set[asyncio.AbstractEventLoop] = set()
+#: the loops with a trim pending, and when each last saw a large request (loop time)
+_trim_due: dict[asyncio.AbstractEventLoop, float] = {}
 
 
 def trim_heap() -> None:
@@ -169,18 +171,37 @@ def trim_heap() -> None:
     )
 
 
+def freeze_model() -> None:
+    """After a load: collect once, then move every object alive (the engine's library and the model,
+    often hundreds of thousands) out of the collector's way. A full collection (trim_heap, after every
+    large request) would otherwise walk them all for a quarter of a second, holding the GIL."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw_model() -> None:
+    """Before an unload or a load that replaces the model: what the model held may be collected again."""
+    gc.unfreeze()
+
+
 def trim_after_large(size: int) -> None:
-    """After a request of `size` bytes: trim the heap TRIM_DELAY seconds from now, in a worker thread,
-    if it is large; one trim pending at a time."""
+    """After a request of `size` bytes: trim the heap in a worker thread once TRIM_DELAY seconds have
+    passed with no other large request; one trim pending at a time. Under steady traffic the trim waits:
+    it hands pages back that the next request would fault in again (milliseconds on a short TTS)."""
     if size < LARGE_REQUEST_BYTES:
         return
     loop = asyncio.get_running_loop()
-    if loop in _trim_due:
+    pending = loop in _trim_due
+    _trim_due[loop] = loop.time()
+    if pending:
         return
-    _trim_due.add(loop)
 
     def trim() -> None:
-        _trim_due.discard(loop)
+        idle = loop.time() - _trim_due[loop]
+        if idle < TRIM_DELAY:
+            loop.call_later(TRIM_DELAY - idle, trim)
+            return
+        del _trim_due[loop]
         loop.run_in_executor(None, trim_heap)
 
     loop.call_later(TRIM_DELAY, trim)

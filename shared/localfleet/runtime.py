@@ -187,12 +187,15 @@ class Runtime:
                     log.info("releasing %s before the load: %s", excerpt(previous.ref.name), unloaded)
                     await loop.run_in_executor(self.executor, self._release)
                     self.model_name = ""
+                memory.thaw_model()  # a model this load replaces must be collectable once dropped
                 message = await loop.run_in_executor(self.executor, self.backend.load, ref, options, request)
             except (Exception, Refused) as exc:  # any engine failure is the load's answer, never a crash
                 failure = self._load_failed(ref, exc)
                 if previous is not None:
                     failure += self._kept(previous) if self.model_name else await self._restore(previous)
+                    await loop.run_in_executor(self.executor, memory.freeze_model)
                 return pb.Result(success=False, message=failure)
+            await loop.run_in_executor(self.executor, memory.freeze_model)
             if unloaded and previous is not None:
                 message += f" ({excerpt(previous.ref.name)} was released first: {unloaded})"
             elapsed = time.perf_counter() - started
@@ -265,6 +268,7 @@ class Runtime:
         """The backend's unload, then its memory handed back (blocking): the C heap keeps what the
         engine's runs freed (activations: hundreds of MB) unless trimmed, and torch keeps GPU blocks
         cached for reuse unless emptied."""
+        memory.thaw_model()
         message = self.backend.unload()
         memory.trim_heap()  # collects cycles first
         memory.release_device_caches()

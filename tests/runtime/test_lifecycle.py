@@ -272,3 +272,19 @@ async def test_start_up_model_gates_readiness() -> None:
 
 async def test_readiness_is_serving_without_start_up_model(served: Served) -> None:
     assert await served.client.ready()
+
+
+async def test_a_loaded_model_is_out_of_the_collectors_way_until_freed(
+    loaded: Served, workbench: Workbench
+) -> None:
+    import gc
+
+    # A full collection (the heap trim after every large request) would walk an engine's hundreds of
+    # thousands of objects holding the GIL: what is alive after a load is frozen, and Free thaws it.
+    assert gc.get_freeze_count() > 0
+    result = await loaded.client.backend.Free(pb.HealthMessage())
+    assert result.success
+    assert gc.get_freeze_count() == 0
+    result = await loaded.client.backend.LoadModel(pb.ModelOptions(Model="again"))
+    assert result.success, result.message
+    assert gc.get_freeze_count() > 0

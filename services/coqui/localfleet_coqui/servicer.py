@@ -11,7 +11,6 @@ at the model's rate; see `localfleet.speech`.
 from __future__ import annotations
 
 import functools
-import gc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,7 +87,6 @@ class Coqui(SpeechBackend):
         from localfleet_coqui import engine
 
         assert isinstance(options, CoquiOptions)
-        gc.unfreeze()  # a model this one replaces may be collected again
         path = _path(model)
         vocoder = _beside(options.vocoder, model.model_dir) if options.vocoder else None
         reference = (
@@ -134,10 +132,6 @@ class Coqui(SpeechBackend):
         self.clones_voices = loaded.clones
         self.max_chars = options.max_chars
         self._names = {loaded.name, path.name}
-        # torch, coqui-tts and the model are some 300,000 objects a full collection walks for a quarter
-        # of a second, holding the GIL (the runtime collects after long texts): frozen, it skips them.
-        gc.collect()
-        gc.freeze()
         parts = [f"{loaded.name} ({loaded.kind}, {loaded.sample_rate} Hz"]
         if loaded.speakers:
             parts.append(f", {_count(len(loaded.speakers), 'speaker')}")
@@ -148,7 +142,6 @@ class Coqui(SpeechBackend):
         return "".join(parts) + f") on {device}"
 
     def unload(self) -> str:
-        gc.unfreeze()  # what the model held can be collected again
         self._model = None
         self.clones_voices = False
         return "released the model"
