@@ -114,19 +114,19 @@ class Model:
         self, text: str, seconds: float, sampling: Sampling, stop: threading.Event | None
     ) -> Iterator[bytes]:
         """One generation of `text` as s16le PCM, cut at `seconds` (Bark may end it sooner)."""
-        tokens = self.text_tokens(text)
-        if tokens > self.max_text_tokens:
-            raise BadInput(
-                f"the prompt is {tokens} tokens; Bark reads at most {self.max_text_tokens}: shorten it"
-            )
         self._seed(sampling.seed)
         # One token more than the duration needs: the coarse stage rounds its length down.
         semantic = min(math.ceil(seconds * self.semantic_rate) + 1, self.max_tokens)
         audio = self._generate(text, None, sampling, semantic, stop)
         yield pcm16(audio[: round(seconds * self.sample_rate)])
 
-    def text_tokens(self, text: str) -> int:
-        return len(self._processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def check_prompt(self, text: str) -> None:
+        """Refuse a prompt longer than Bark reads in one generation (it would cut the rest silently)."""
+        tokens = len(self._processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens > self.max_text_tokens:
+            raise BadInput(
+                f"the prompt is {tokens} tokens; Bark reads at most {self.max_text_tokens}: shorten it"
+            )
 
     def _seed(self, seed: int | None) -> None:
         # Bark samples from torch's global generator; the backend runs one request at a time.

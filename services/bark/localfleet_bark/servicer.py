@@ -148,6 +148,7 @@ class Bark(SoundBackend, SpeechBackend):
                 f"duration {request.seconds:g} s is over the {model.max_seconds:.2f} s that Bark makes in "
                 f"one generation ({model.max_tokens} semantic tokens); ask for less"
             )
+        model.check_prompt(request.text)
         sampling = self._sampling(request.temperature, request.sample)
         sound = functools.partial(model.sound, request.text, request.seconds, sampling, request.stop)
         return Utterance(model.sample_rate, sound, f"Bark {model.name}")
