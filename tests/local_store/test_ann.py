@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,8 @@ def test_a_graph_crowded_with_removed_keys_is_rebuilt_over_the_live_ones(
     assert store._ann._index.serialized_length == full
     for lo in range(N // 4, 3 * N // 4, 500):
         store.delete(keys[lo : lo + 500])
+    assert store._rebuilder is not None
+    store._rebuilder.join()
     assert "HNSW index rebuilt" in caplog.text
     graph = store._ann
     assert graph is not None
@@ -257,3 +260,40 @@ def test_blas_runs_one_thread_and_the_scan_splits_over_the_stores_own_threads(
         np.testing.assert_allclose(sims, np.sort(cos)[::-1][:10], rtol=1e-5)
     # The last column is scanned too (the chunks cover 0..n-1 exactly).
     assert store.find(keys[-1], 1)[1] == [str(n - 1).encode()]
+
+
+def test_writes_made_while_the_graph_is_rebuilt_are_in_the_new_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_REBUILD_CHUNK", 500)
+    store, keys = filled()
+    first_chunk, go_on = threading.Event(), threading.Event()
+
+    def hold(self: VectorStore, done: int) -> None:
+        if done == 500:
+            first_chunk.set()
+            assert go_on.wait(60)
+
+    monkeypatch.setattr(VectorStore, "_rebuild_progress", hold)
+    store.delete(keys[:2000])  # half: the graph starts over in the background
+    assert first_chunk.wait(60)
+    old = store._ann
+    # Meanwhile: deletes of keys already in the new graph and of keys not yet (moving later columns
+    # into holes below the chunk done), new keys, and finds served by the old graph.
+    store.delete(np.concatenate([keys[2000:2100], keys[3900:]]))
+    fresh = data(300, seed=30)
+    store.set(fresh, [str(20_000 + i).encode() for i in range(300)])
+    assert store.find(fresh[7], 1)[1] == [b"20007"]
+    assert store._ann is old
+    go_on.set()
+    assert store._rebuilder is not None
+    store._rebuilder.join()
+    graph = store._ann
+    assert graph is not None
+    assert graph is not old
+    live = store._ids[: len(store)]
+    assert len(graph._index) == len(store) == 1800 + 300
+    assert np.all(graph._index.contains(live))
+    for q in np.concatenate([keys[2000:2100], keys[3900:]])[::10]:
+        assert all(2100 <= int(v) < 3900 or int(v) >= 20_000 for v in store.find(q, 5)[1])
+    names = list(range(2100, 3900)) + list(range(20_000, 20_300))
+    live_keys = np.concatenate([keys[2100:3900], fresh])
+    assert recall(store, live_keys, names, data(30, seed=31)) >= 0.95

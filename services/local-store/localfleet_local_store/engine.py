@@ -57,6 +57,7 @@ _ANN_MIN_N = 2048
 # The scan is split over threads from here on (below, handing chunks over costs more than it saves).
 _SPLIT_MIN_N = 32768
 _GRAPH_BATCH = 65536
+_REBUILD_CHUNK = 4096  # keys copied per state-lock hold by a rebuild (~6 MB at 384 dims)
 
 _scan_pool: ThreadPoolExecutor | None = None
 _scan_pool_lock = threading.Lock()
@@ -204,6 +205,7 @@ class VectorStore:
         self._col_of: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # id -> column or -1
         self._next_id = 0
         self._ann_saved: tuple[int, int] | None = None  # the snapshot the index on disk was saved for
+        self._rebuilder: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._persist: Persistence | None = None
@@ -358,6 +360,8 @@ class VectorStore:
                     self._values = []
                     self._index = {}
                     self._value_bytes = 0
+        if self._rebuilder is not None:
+            self._rebuilder.join()  # it gives up at its next chunk
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -470,19 +474,72 @@ class VectorStore:
             ann.add(ids[lo:hi], _normalize(self._raw[lo:hi]))
         return ann
 
-    def _rebuild_graph(self) -> None:
-        """Replace a graph crowded with tombstones by one over the live keys, under the same ids (so
-        readers still on the old graph map its answers right). Write lock held."""
-        old = self._ann
-        ann = self._build_graph(self._ids[: self._n].copy())
-        logger.info(
-            "HNSW index rebuilt over %d live keys (%d removed keys were left in the graph)",
-            self._n,
-            old.tombstones if old is not None else 0,
+    def _start_rebuild(self) -> None:
+        """Replace a graph crowded with tombstones by one over the live keys, built in a thread of its own
+        (at a million keys that takes minutes): finds and writes go on with the old graph meanwhile.
+        Write lock held."""
+        if self._rebuilder is not None and self._rebuilder.is_alive():
+            return
+        self._rebuilder = threading.Thread(
+            target=self._rebuild_all, args=(self._ann,), name="store-hnsw-rebuild", daemon=True
         )
-        with self._state_lock:
-            self._ann = ann
-            self._ann_saved = None
+        self._rebuilder.start()
+
+    def _rebuild_all(self, old: Hnsw) -> None:
+        # Deletes during a rebuild leave their tombstones in the new graph too: go again if they crowd it.
+        while (new := self._rebuild(old)) is not None and new.stale():
+            old = new
+
+    def _rebuild(self, old: Hnsw) -> Hnsw | None:
+        """Copy the live keys a chunk at a time (under the state lock, briefly) into a new graph under
+        the same ids, so readers still on the old graph map its answers right; then, under the write
+        lock, reconcile with the writes made meanwhile and swap. Gives up if the store closed or its
+        graph was replaced (set_index, emptied)."""
+        from localfleet_local_store.ann import Hnsw
+
+        assert self._config is not None
+        ann = Hnsw(old.dim, self._config)
+        built: list[npt.NDArray[np.uint64]] = []
+        lo = 0
+        while True:
+            with self._state_lock:
+                if self._closed or self._ann is not old:
+                    return None
+                hi = min(self._n, lo + _REBUILD_CHUNK)
+                ids, rows = self._ids[lo:hi].copy(), self._raw[lo:hi].copy()
+            if lo >= hi:
+                break
+            ann.add(ids, _normalize(rows))
+            built.append(ids)
+            lo = hi
+            self._rebuild_progress(lo)
+        with self._write_lock:
+            if self._closed or self._ann is not old:
+                return None
+            # Deletes meanwhile may have removed built ids, or moved unbuilt ones below ``lo``.
+            live = self._ids[: self._n]
+            have = np.concatenate(built) if built else np.empty(0, dtype=np.uint64)
+            dead = have[~np.isin(have, live)]
+            missing = np.flatnonzero(~np.isin(live, have))
+            if dead.shape[0]:
+                ann.remove(dead)
+            if missing.shape[0]:
+                ann.add(live[missing], _normalize(self._raw[missing]))
+            assert self._config is not None
+            if self._config.ef_search != ann.config.ef_search:  # set_index changed it meanwhile
+                ann.set_ef_search(self._config.ef_search)
+            with self._state_lock:
+                self._ann = ann
+                self._ann_saved = None
+        logger.info(
+            "HNSW index rebuilt over %d live keys (%d removed keys were left in the old graph)",
+            live.shape[0],
+            old.tombstones,
+        )
+        return ann
+
+    def _rebuild_progress(self, done: int) -> None:
+        """Called by the rebuild thread after each chunk (a test holds it there to write meanwhile)."""
 
     def _index_add(self, count: int, rows: F32Array) -> npt.NDArray[np.uint64]:
         """New ids for ``count`` new keys, added to the graph (not yet published). Write lock held."""
@@ -607,7 +664,7 @@ class VectorStore:
         if ann is not None and gone is not None:
             ann.remove(gone)  # finds meanwhile skip these ids: they map to no column any more
             if self._n and ann.stale():
-                self._rebuild_graph()
+                self._start_rebuild()
         return len(cols)
 
     def _remove(self, kbs: list[bytes], removed: npt.NDArray[np.intp]) -> None:
