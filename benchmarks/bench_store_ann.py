@@ -3,7 +3,7 @@ scan in a process of its own, interleaved query by query so machine noise hits b
 the default size; not part of the tests.
 
     python benchmarks/bench_store_ann.py [--keys 1000000] [--dim 384] [--queries 200] [--index hnsw]
-        [--ef-search 64] [--m 16] [--ef-construction 128] [--dtype f16] [--gaussian] [--ood]
+        [--ef-search 128] [--m 16] [--ef-construction 128] [--dtype f16] [--gaussian] [--ood]
 
 --index flat: the exact scan through gRPC against the bare scan (issue 13, part 1: target ratio <= 1.25);
 --index hnsw: the graph (build keys/s, p50, recall@10 against the exact scan, memory per key); both: both.
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index", choices=["flat", "hnsw", "both"], default="hnsw")
-    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--ef-search", type=int, default=128)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=128)
     parser.add_argument("--dtype", choices=["f32", "f16", "i8"], default="f16")

@@ -68,7 +68,7 @@ class IndexConfig:
     kind: Literal["flat", "hnsw"] = "flat"
     m: int = 16
     ef_construction: int = 128
-    ef_search: int = 64
+    ef_search: int = 128
     dtype: Dtype = "f16"
 
     def same_graph(self, other: IndexConfig) -> bool:
