@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from localfleet.service import CONTROL
 from localfleet.settings import MiB
 from localfleet_chatterbox.servicer import Chatterbox
 from tests import fuzzing
@@ -33,7 +34,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         rss_bound=400 * MiB,
         per_rpc=per_rpc,
         max_replies=2,
-        unseeded={rpc: unloaded for rpc in rpcs if rpc not in fuzzing.CONTROL},
+        unseeded={rpc: unloaded for rpc in rpcs if rpc not in CONTROL},
     )
 
 

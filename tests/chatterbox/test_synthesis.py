@@ -133,3 +133,17 @@ async def test_dst_outside_the_roots_or_in_a_missing_folder(
     chatterbox: Served, roots: Path, tmp_path: Path
 ) -> None:
     await check_dst_outside_the_roots_or_in_a_missing_folder(chatterbox, roots, tmp_path)
+
+
+async def test_audio_path_is_the_voice_of_requests_without_one(
+    chatterbox: Served, roots: Path, model: Path
+) -> None:
+    # Last: it loads the checkpoint again, with a reference recording as its default voice.
+    reference = write_reference(roots / "bob.wav", 3.0, 220.0)  # alice's recording, another name
+    cloned = await stream(chatterbox, pb.TTSRequest(text="Hello there.", voice=str(reference)))
+    request = pb.ModelOptions(Model=str(model), Options=OPTIONS, Threads=2, AudioPath=str(reference))
+    result = await chatterbox.client.backend.LoadModel(request)
+    assert result.success, result.message
+    assert result.message.startswith(f"{model.name} on cpu with voice bob.wav")
+    default = await stream(chatterbox, pb.TTSRequest(text="Hello there."))
+    assert default.pcm == cloned.pcm
