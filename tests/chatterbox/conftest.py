@@ -1,5 +1,5 @@
 """The folder requests may write in (tests/piper/speech_checks.py), and the full-size random Chatterbox
-(tests/chatterbox/models.py) for the opt-in synthesis tests, built once into the test cache."""
+(tests/chatterbox/models.py) for the synthesis tests, built once into the test cache."""
 
 from __future__ import annotations
 

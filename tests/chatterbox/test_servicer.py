@@ -1,9 +1,7 @@
 """chatterbox over real gRPC without weights: what LoadModel refuses, and its options' ranges.
 
-A Chatterbox checkpoint is 3.2 GB whatever its weights (its sizes are fixed in chatterbox's code), and a
-sentence takes minutes on the test machines' shared CPUs, so synthesis is tested in test_synthesis.py,
-run on demand (see its docstring). Everything here is decided before any weight is read, or by the engine
-on files that are not a usable checkpoint.
+Everything here is decided before any weight is read, or by the engine on files that are not a usable
+checkpoint; synthesis on the full-size random checkpoint is in test_synthesis.py.
 """
 
 from __future__ import annotations
