@@ -985,6 +985,7 @@ class _Session:
     async def _load(self, channel: Channel, model: pb.ModelOptions) -> None:
         self.memory.running = f"LoadModel of the seed model {shown(model)}"
         status, message = await _call(channel, "LoadModel", model.SerializeToString(), 600, 1)
+        self.memory.settle()
         if status != "OK":
             raise RuntimeError(f"{self.target.backend}: LoadModel({shown(model)}) failed: {status} {message}")
 
@@ -1007,6 +1008,7 @@ class _Session:
             channel, case.rpc, case.body, self.target.deadline, self.target.max_replies
         )
         took = time.monotonic() - started
+        self.memory.settle()
         if status == "DROPPED":
             await self._settle()
         if self.memory.killed:
@@ -1142,6 +1144,13 @@ class Memory:
             return sum(p.memory_info().rss for p in [self.process, *self.process.children(recursive=True)])
         except psutil.Error:
             return 0
+
+    def settle(self) -> None:
+        """After a call: the kernel's high-water mark catches a peak the sampler slept through (a
+        loaded machine can stall the sampling thread for longer than a short allocation lives)."""
+        water = _high_water(self.process.pid)
+        if water > self.peak:
+            self.peak, self.peak_during = water, self.running
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):

@@ -49,6 +49,25 @@ class ModelRef:
             type=request.Type,
         )
 
+    def local_path(self) -> Path:
+        """`path` on disk: as sent, or under the models directory when it is relative and not there."""
+        path = Path(self.path)
+        if not path.is_absolute() and self.model_dir and not _exists(path):
+            path = Path(self.model_dir) / path
+        return path
+
+    def is_remote_id(self) -> bool:
+        """`name` reads as a hub repository id (owner/name) and names nothing on disk here."""
+        name = self.name
+        return "/" in name and not name.startswith(("/", ".")) and not _exists(self.local_path())
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long or with a NUL in it
+        return False
+
 
 class Backend:
     """Base class of every backend's servicer."""

@@ -24,7 +24,7 @@ import re
 import threading
 import unicodedata
 import wave
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from pydantic import Field
 from localfleet import files
 from localfleet.backend import Backend
 from localfleet.call import Call
-from localfleet.errors import BadInput
+from localfleet.errors import BadInput, NotFound
 from localfleet.inputs import excerpt
 from localfleet.memory import LARGE_REQUEST_BYTES, trim_after_large
 from localfleet.options import BackendOptions
@@ -156,6 +156,12 @@ def _cut(text: str, start: int, limit: int) -> int:
     while stop > start + 1 and unicodedata.combining(text[stop]):
         stop -= 1  # keep an accent with its letter
     return stop
+
+
+def require_model(asked: str, names: Collection[str], loaded: str) -> None:
+    """Refuse a request that names a model other than the loaded one (its file or folder name)."""
+    if asked and Path(asked).name not in names:
+        raise NotFound(f"model {excerpt(asked)} is not loaded here ({loaded} is); call LoadModel for it")
 
 
 def is_recording(voice: str) -> bool:

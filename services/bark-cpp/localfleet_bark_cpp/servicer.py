@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import secrets
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -23,7 +22,7 @@ from localfleet.cpus import cap_threads, usable
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance, require_model
 from localfleet_bark_cpp import modelfile
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ class BarkCpp(SpeechBackend):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
-        path = _path(model)
+        path = model.local_path()
         try:
             if path.is_dir():
                 return (
@@ -92,7 +91,7 @@ class BarkCpp(SpeechBackend):
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, BarkCppOptions)
-        path = _path(model)
+        path = model.local_path()
         try:
             layout = modelfile.read(path)
         except modelfile.NotBarkCpp as err:
@@ -140,10 +139,7 @@ class BarkCpp(SpeechBackend):
     def utterance(self, request: SpeechRequest) -> Utterance:
         model = self._model
         assert model is not None  # the runtime admits requests only with a model loaded
-        if request.model and Path(request.model).name not in self._names:
-            raise NotFound(
-                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
-            )
+        require_model(request.model, self._names, model.name)
         if request.voice:
             raise NotFound(
                 f"unknown voice {excerpt(request.voice)}; bark.cpp has no voice presets: send no voice"
@@ -156,17 +152,3 @@ class BarkCpp(SpeechBackend):
                     f"{', '.join(LANGUAGES)} (from the text itself: language only checks)"
                 )
         return Utterance(model.sample_rate, functools.partial(model.pcm, request.text), "bark.cpp")
-
-
-def _path(model: ModelRef) -> Path:
-    path = Path(model.path)
-    if not path.is_absolute() and model.model_dir and not _exists(path):
-        path = Path(model.model_dir) / path
-    return path
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False

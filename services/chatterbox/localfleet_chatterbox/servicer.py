@@ -24,7 +24,7 @@ from localfleet.backend import ModelRef, beside_model
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance, require_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,10 +78,10 @@ class Chatterbox(SpeechBackend):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
-        folder = _folder(_path(model))
+        folder = _folder(model.local_path())
         if folder is not None:
             return None
-        if "/" in model.name and not model.name.startswith(("/", ".")) and not _exists(_path(model)):
+        if model.is_remote_id():
             return (
                 f"{model.name!r} is not a folder here; this backend downloads nothing: fetch the "
                 f"repository into the models dir first (hf download {model.name} --local-dir ...)"
@@ -93,7 +93,7 @@ class Chatterbox(SpeechBackend):
 
     def load(self, model: ModelRef, options: BaseModel, request: pb.ModelOptions) -> str:
         assert isinstance(options, ChatterboxOptions)
-        folder = _folder(_path(model))
+        folder = _folder(model.local_path())
         if folder is None:
             raise Refused(f"no Chatterbox checkpoint folder at {model.path!r}")
         # AudioPath (core's audio_path): the reference recording a request without a voice speaks with.
@@ -152,10 +152,7 @@ class Chatterbox(SpeechBackend):
         assert model is not None
         assert settings is not None
         assert default is not None
-        if request.model and Path(request.model).name not in self._names:
-            raise NotFound(
-                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
-            )
+        require_model(request.model, self._names, model.name)
         if request.language:
             code = request.language.strip().lower().replace("_", "-")
             if code.split("-")[0] != LANGUAGE:
@@ -205,13 +202,6 @@ def _reference(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return samples
 
 
-def _path(model: ModelRef) -> Path:
-    path = Path(model.path)
-    if not path.is_absolute() and model.model_dir and not _exists(path):
-        path = Path(model.model_dir) / path
-    return path
-
-
 def _folder(path: Path) -> Path | None:
     """The checkpoint folder `path` names (the folder or one of its files), if it has the four files."""
     try:
@@ -221,10 +211,3 @@ def _folder(path: Path) -> Path | None:
         return folder
     except (OSError, ValueError):  # a name too long or with a NUL in it, a folder that cannot be read
         return None
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False

@@ -20,7 +20,14 @@ from localfleet.backend import ModelRef, beside_model
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance, is_recording
+from localfleet.speech import (
+    SpeechBackend,
+    SpeechOptions,
+    SpeechRequest,
+    Utterance,
+    is_recording,
+    require_model,
+)
 
 if TYPE_CHECKING:
     from localfleet_coqui.engine import Model
@@ -65,13 +72,13 @@ class Coqui(SpeechBackend):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
-        path = _path(model)
+        path = model.local_path()
         if path.name.endswith(".onnx"):
             return f"{path.name} is an ONNX model; Coqui models are a folder with config.json and model.pth"
         if path.suffix.lower() in (".gguf", ".ggml", ".bin", ".safetensors"):
             return f"{path.name} is not a Coqui model: it serves a folder with config.json and its checkpoint"
         if _folder(path) is None:
-            if not _exists(path) and "/" in model.name and not model.name.startswith(("/", ".")):
+            if model.is_remote_id():
                 return (
                     f"{model.name!r} is not a folder here; this backend downloads nothing: put the Coqui "
                     "model folder (config.json, model.pth) in the models dir first"
@@ -87,7 +94,7 @@ class Coqui(SpeechBackend):
         from localfleet_coqui import engine
 
         assert isinstance(options, CoquiOptions)
-        path = _path(model)
+        path = model.local_path()
         vocoder = _beside(options.vocoder, model.model_dir) if options.vocoder else None
         reference = (
             Path(beside_model(request.AudioPath, model.model_dir, "AudioPath")) if request.AudioPath else None
@@ -156,10 +163,7 @@ class Coqui(SpeechBackend):
 
         model = self._model
         assert model is not None  # the runtime admits requests only with a model loaded
-        if request.model and Path(request.model).name not in self._names:
-            raise NotFound(
-                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
-            )
+        require_model(request.model, self._names, model.name)
         language = request.language or self._language
         if language and language not in model.languages:
             if not model.languages:
@@ -213,13 +217,6 @@ def _beside(path: str, model_dir: str) -> Path:
     return Path(path) if Path(path).is_absolute() or not model_dir else Path(model_dir) / path
 
 
-def _path(model: ModelRef) -> Path:
-    path = Path(model.path)
-    if not path.is_absolute() and model.model_dir and not _exists(path):
-        path = Path(model.model_dir) / path
-    return path
-
-
 def _folder(path: Path) -> Path | None:
     """The model folder that `path` names (the folder, its config.json or its checkpoint), if it has a
     config.json."""
@@ -233,10 +230,3 @@ def _folder(path: Path) -> Path | None:
         return folder if (folder / "config.json").is_file() else None
     except (OSError, ValueError):  # a name too long or with a NUL in it, a folder that cannot be read
         return None
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False

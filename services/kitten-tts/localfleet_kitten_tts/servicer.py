@@ -18,7 +18,7 @@ from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance, require_model
 
 if TYPE_CHECKING:
     from localfleet_kitten_tts.engine import Model
@@ -53,12 +53,12 @@ class KittenTts(SpeechBackend):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def refuse(self, model: ModelRef) -> str | None:
-        path = _path(model)
+        path = model.local_path()
         if path.name.endswith(".onnx") and path.with_name(path.name + ".json").is_file():
             return f"{path.name} is a Piper voice (it has {path.name}.json); use the piper backend"
         folder = _folder(path)
         if folder is None:
-            if not _exists(path) and "/" in model.name and not model.name.startswith(("/", ".")):
+            if model.is_remote_id():
                 return (
                     f"{model.name!r} is not a folder here; this backend downloads nothing: fetch the "
                     f"repository into the models dir first (hf download {model.name} --local-dir ...)"
@@ -73,7 +73,7 @@ class KittenTts(SpeechBackend):
         from localfleet_kitten_tts import engine
 
         assert isinstance(options, KittenOptions)
-        folder = _folder(_path(model))
+        folder = _folder(model.local_path())
         if folder is None:
             raise Refused(f"no KittenTTS model folder at {model.path!r}")
         try:
@@ -105,10 +105,7 @@ class KittenTts(SpeechBackend):
     def utterance(self, request: SpeechRequest) -> Utterance:
         model = self._model
         assert model is not None  # the runtime admits requests only with a model loaded
-        if request.model and Path(request.model).name not in self._names:
-            raise NotFound(
-                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
-            )
+        require_model(request.model, self._names, model.name)
         voice = request.voice or self._voice
         if voice not in model.voices:
             raise NotFound(f"unknown voice {excerpt(voice)}; {model.name} has {', '.join(model.voices)}")
@@ -120,13 +117,6 @@ class KittenTts(SpeechBackend):
                 )
         speech = functools.partial(model.pcm, request.text, voice, self._speed, self._clean)
         return Utterance(model.sample_rate, speech, f"voice {voice}")
-
-
-def _path(model: ModelRef) -> Path:
-    path = Path(model.path)
-    if not path.is_absolute() and model.model_dir and not _exists(path):
-        path = Path(model.model_dir) / path
-    return path
 
 
 def _folder(path: Path) -> Path | None:
@@ -142,10 +132,3 @@ def _folder(path: Path) -> Path | None:
         return folder if (folder / "config.json").is_file() else None
     except (OSError, ValueError):  # a name too long or with a NUL in it, a folder that cannot be read
         return None
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False

@@ -21,7 +21,7 @@ from localfleet.backend import ModelRef
 from localfleet.errors import BadInput, NotFound, Refused
 from localfleet.inputs import excerpt
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance
+from localfleet.speech import SpeechBackend, SpeechOptions, SpeechRequest, Utterance, require_model
 
 if TYPE_CHECKING:
     from localfleet_kokoro.engine import Model
@@ -112,10 +112,7 @@ class Kokoro(SpeechBackend):
     def utterance(self, request: SpeechRequest) -> Utterance:
         model = self._model
         assert model is not None  # the runtime admits requests only with a model loaded
-        if request.model and Path(request.model).name not in (model.name, BUNDLED):
-            raise NotFound(
-                f"model {excerpt(request.model)} is not loaded here ({model.name} is); call LoadModel for it"
-            )
+        require_model(request.model, (model.name, BUNDLED), model.name)
         voice = request.voice or self._voice
         if voice not in model.voices:
             raise NotFound(f"unknown voice {excerpt(voice)}; {model.name} has {', '.join(model.voices)}")

@@ -7,15 +7,15 @@ to another and back finds the first intact, and Free never drops acknowledged da
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from localfleet import vectors
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BadInput
@@ -24,8 +24,6 @@ from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from localfleet_local_store.engine import VectorStore
 
 log = logging.getLogger(__name__)
@@ -164,84 +162,19 @@ class LocalStore(Backend):
 
     # -- the stores API ------------------------------------------------------------------------
     async def StoresSet(self, request: pb.StoresSetOptions, call: Call) -> pb.Result:
-        if len(request.Keys) != len(request.Values):
-            raise BadInput(
-                f"StoresSet got {len(request.Keys)} keys but {len(request.Values)} values; "
-                "send one value per key"
-            )
-        keys = _keys("StoresSet", request.Keys)
-        values = [v.Bytes for v in request.Values]
+        keys, values = vectors.set_input(request)
         await call.run(self._store().set, keys, values)
         return pb.Result(success=True, message=f"stored {len(values)} keys")
 
     async def StoresGet(self, request: pb.StoresGetOptions, call: Call) -> pb.StoresGetResult:
-        found, values = await call.run(self._store().get, _keys("StoresGet", request.Keys))
-        return pb.StoresGetResult(Keys=_to_proto(found), Values=[pb.StoresValue(Bytes=v) for v in values])
+        found, values = await call.run(self._store().get, vectors.keys_array("StoresGet", request.Keys))
+        return vectors.get_result(found, values)
 
     async def StoresDelete(self, request: pb.StoresDeleteOptions, call: Call) -> pb.Result:
-        removed = await call.run(self._store().delete, _keys("StoresDelete", request.Keys))
+        removed = await call.run(self._store().delete, vectors.keys_array("StoresDelete", request.Keys))
         return pb.Result(success=True, message=f"deleted {removed} keys")
 
     async def StoresFind(self, request: pb.StoresFindOptions, call: Call) -> pb.StoresFindResult:
-        if request.TopK < 1:
-            raise BadInput(f"StoresFind TopK must be at least 1, got {request.TopK}")
-        query = _keys("StoresFind", [request.Key])[0]
+        query = vectors.find_query(request)
         found, values, similarities = await call.run(self._store().find, query, request.TopK)
-        return _find_result(found, values, similarities)
-
-
-def _keys(rpc: str, keys: Any) -> np.ndarray:
-    """(n, d) float32 from protobuf keys, checking there are some and that they agree on a dimension."""
-    import numpy as np
-
-    if not keys:
-        raise BadInput(f"{rpc} needs at least one key")
-    dim = len(keys[0].Floats)
-    if dim == 0:
-        raise BadInput(f"{rpc}: a key has no floats; keys are non-empty float vectors")
-    for index, key in enumerate(keys):
-        if len(key.Floats) != dim:
-            raise BadInput(
-                f"{rpc}: key {index} has dimension {len(key.Floats)} but key 0 has {dim}; all keys in "
-                "a request must have the same dimension"
-            )
-    flat = np.fromiter(
-        itertools.chain.from_iterable(k.Floats for k in keys), dtype=np.float32, count=len(keys) * dim
-    )
-    return flat.reshape(len(keys), dim)
-
-
-def _find_result(keys: np.ndarray, values: list[bytes], similarities: np.ndarray) -> pb.StoresFindResult:
-    """The reply built as wire bytes and parsed once in C: through Python floats, ten 384-float keys
-    cost ~0.1 ms (4k float objects), more than the rest of the servicer."""
-    import numpy as np
-
-    out = bytearray()
-    for row in np.asarray(keys, dtype="<f4"):
-        packed = row.tobytes()
-        inner = _field(1, packed) if packed else b""  # StoresKey.Floats = 1, packed
-        out += _field(1, inner)  # StoresFindResult.Keys = 1
-    for value in values:
-        out += _field(2, _field(1, value))  # Values = 2, StoresValue.Bytes = 1
-    sims = np.asarray(similarities, dtype="<f4").tobytes()
-    if sims:
-        out += _field(3, sims)  # Similarities = 3, packed
-    return pb.StoresFindResult.FromString(bytes(out))
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _to_proto(keys: np.ndarray) -> list[pb.StoresKey]:
-    return [pb.StoresKey(Floats=row) for row in keys.tolist()]
+        return vectors.find_result(found, values, similarities)

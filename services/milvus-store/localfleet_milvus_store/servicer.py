@@ -9,7 +9,6 @@ from the environment (LOCALFLEET_MILVUS_TOKEN, or the variable `token_env` names
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from localfleet import vectors
 from localfleet.backend import Backend, ModelRef
 from localfleet.call import Call
 from localfleet.errors import BadInput, Unavailable
@@ -28,8 +28,6 @@ from localfleet.options import BackendOptions
 from localfleet.proto import backend_pb2 as pb
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from localfleet_milvus_store.engine import Store
 
 log = logging.getLogger(__name__)
@@ -187,33 +185,26 @@ class MilvusStore(Backend):
 
     # -- the stores API ------------------------------------------------------------------------
     async def StoresSet(self, request: pb.StoresSetOptions, call: Call) -> pb.Result:
-        if len(request.Keys) != len(request.Values):
-            raise BadInput(
-                f"StoresSet got {len(request.Keys)} keys but {len(request.Values)} values; "
-                "send one value per key"
-            )
-        keys = _keys("StoresSet", request.Keys)
-        await self._run(call, self._current().set, keys, [v.Bytes for v in request.Values])
-        return pb.Result(success=True, message=f"stored {len(request.Values)} keys")
+        keys, values = vectors.set_input(request)
+        await self._run(call, self._current().set, keys, values)
+        return pb.Result(success=True, message=f"stored {len(values)} keys")
 
     async def StoresGet(self, request: pb.StoresGetOptions, call: Call) -> pb.StoresGetResult:
-        found, values = await self._run(call, self._current().get, _keys("StoresGet", request.Keys))
-        return pb.StoresGetResult(Keys=_to_proto(found), Values=[pb.StoresValue(Bytes=v) for v in values])
+        found, values = await self._run(
+            call, self._current().get, vectors.keys_array("StoresGet", request.Keys)
+        )
+        return vectors.get_result(found, values)
 
     async def StoresDelete(self, request: pb.StoresDeleteOptions, call: Call) -> pb.Result:
-        sent = await self._run(call, self._current().delete, _keys("StoresDelete", request.Keys))
-        return pb.Result(success=True, message=f"deleted {sent} keys (those present)")
+        removed = await self._run(
+            call, self._current().delete, vectors.keys_array("StoresDelete", request.Keys)
+        )
+        return pb.Result(success=True, message=f"deleted {removed} keys (those present)")
 
     async def StoresFind(self, request: pb.StoresFindOptions, call: Call) -> pb.StoresFindResult:
-        if request.TopK < 1:
-            raise BadInput(f"StoresFind TopK must be at least 1, got {request.TopK}")
-        query = _keys("StoresFind", [request.Key])[0]
+        query = vectors.find_query(request)
         found, values, similarities = await self._run(call, self._current().find, query, request.TopK)
-        return pb.StoresFindResult(
-            Keys=_to_proto(found),
-            Values=[pb.StoresValue(Bytes=v) for v in values],
-            Similarities=similarities.tolist(),
-        )
+        return vectors.find_result(found, values, similarities)
 
 
 def _index_params(options: MilvusOptions) -> dict[str, Any]:
@@ -230,28 +221,3 @@ def _search_params(options: MilvusOptions) -> dict[str, Any]:
     if options.index == "IVF_FLAT":
         return {"nprobe": options.nprobe}
     return {}
-
-
-def _keys(rpc: str, keys: Any) -> np.ndarray:
-    """(n, d) float32 from protobuf keys, checking there are some and that they agree on a dimension."""
-    import numpy as np
-
-    if not keys:
-        raise BadInput(f"{rpc} needs at least one key")
-    dim = len(keys[0].Floats)
-    if dim == 0:
-        raise BadInput(f"{rpc}: a key has no floats; keys are non-empty float vectors")
-    for index, key in enumerate(keys):
-        if len(key.Floats) != dim:
-            raise BadInput(
-                f"{rpc}: key {index} has dimension {len(key.Floats)} but key 0 has {dim}; all keys in "
-                "a request must have the same dimension"
-            )
-    flat = np.fromiter(
-        itertools.chain.from_iterable(k.Floats for k in keys), dtype=np.float32, count=len(keys) * dim
-    )
-    return flat.reshape(len(keys), dim)
-
-
-def _to_proto(keys: np.ndarray) -> list[pb.StoresKey]:
-    return [pb.StoresKey(Floats=row) for row in keys.tolist()]
