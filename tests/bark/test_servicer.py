@@ -23,15 +23,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import MAX_CHARS
 from localfleet.testing import Served, serving
 from localfleet_bark.servicer import Bark
 from tests.bark.models import PRESETS, RATE, SEMANTIC_TOKENS
 from tests.piper.speech_checks import (
     SENTENCES,
-    check_dst_outside_the_roots_or_in_a_missing_folder,
-    check_text_over_the_limit_is_invalid,
-    check_whitespace_is_invalid,
+    WordlessEdges,
     error_of,
     read_wav,
     serving_tts,
@@ -160,28 +157,6 @@ async def test_another_model_is_not_found(bark: Served, roots: Path, model: Path
     assert f"({model.name} is)" in (err.message or "")
     # Core's form of the loaded model's name (its models dir joined with the name) is fine.
     assert (await tts(bark, roots / "x.wav", model=f"/models/{model.name}")).success
-
-
-@pytest.mark.parametrize("text", ["", "  \n "])
-async def test_text_of_only_whitespace_is_invalid(bark: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(bark, roots / "w.wav", text)
-
-
-async def test_text_with_no_words_is_invalid_and_leaves_no_file(bark: Served, roots: Path) -> None:
-    err = await error_of(bark, roots / "p.wav", "?! ...")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "produced no speech" in (err.message or "")
-    assert not (roots / "p.wav").exists()
-
-
-async def test_text_over_the_limit_is_invalid(bark: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(bark, roots / "over.wav", MAX_CHARS)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    bark: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(bark, roots, tmp_path)
 
 
 # -- SoundGeneration ---------------------------------------------------------------------------------
@@ -336,3 +311,9 @@ async def test_a_model_without_presets_speaks_without_one(model: Path, tmp_path:
         err = await error_of(served, roots / "b.wav", voice="announcer")
         assert err.status == Status.NOT_FOUND
         assert "bare has no voice presets" in (err.message or "")
+
+
+class TestEdges(WordlessEdges):
+    @pytest.fixture
+    def speaker(self, bark: Served) -> Served:
+        return bark

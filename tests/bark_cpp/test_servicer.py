@@ -20,15 +20,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import MAX_CHARS
 from localfleet.testing import Served, serving
 from localfleet_bark_cpp.servicer import BarkCpp
 from tests.bark_cpp.models import build
 from tests.piper.speech_checks import (
     SENTENCES,
-    check_dst_outside_the_roots_or_in_a_missing_folder,
-    check_text_over_the_limit_is_invalid,
-    check_whitespace_is_invalid,
+    WordlessEdges,
     error_of,
     read_wav,
     serving_tts,
@@ -146,29 +143,6 @@ async def test_health_answers_while_a_generation_runs(roots: Path, model: Path) 
         assert max(waits) < 0.5, waits  # the engine runs in a worker thread, not on the event loop
 
 
-async def test_text_over_the_limit_is_invalid(bark: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(bark, roots / "over.wav", MAX_CHARS)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    bark: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(bark, roots, tmp_path)
-
-
-@pytest.mark.parametrize("text", ["", "  \n "])
-async def test_text_of_only_whitespace_is_invalid(bark: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(bark, roots / "w.wav", text)
-
-
-async def test_text_with_no_words_is_invalid_and_leaves_no_file(bark: Served, roots: Path) -> None:
-    err = await error_of(bark, roots / "p.wav", "?! ...")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "produced no speech" in (err.message or "")
-    assert not (roots / "p.wav").exists()
-    assert await bark.client.healthy()
-
-
 async def test_a_voice_is_not_found_bark_cpp_has_no_presets(bark: Served, roots: Path) -> None:
     err = await error_of(bark, roots / "x.wav", voice="v2/en_speaker_6")
     assert err.status == Status.NOT_FOUND
@@ -248,3 +222,9 @@ async def test_loadmodel_refuses_what_bark_cpp_cannot_load_whole(model: Path, tm
 async def test_the_model_builder_is_deterministic(tmp_path: Path) -> None:
     first, second = build(tmp_path / "a.bin"), build(tmp_path / "b.bin")
     assert first.read_bytes() == second.read_bytes()
+
+
+class TestEdges(WordlessEdges):
+    @pytest.fixture
+    def speaker(self, bark: Served) -> Served:
+        return bark

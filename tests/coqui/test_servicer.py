@@ -25,9 +25,7 @@ from localfleet_coqui.servicer import Coqui
 from tests.coqui.models import LANGUAGES, RATE, SPEAKERS
 from tests.piper.speech_checks import (
     SENTENCES,
-    check_dst_outside_the_roots_or_in_a_missing_folder,
-    check_text_over_the_limit_is_invalid,
-    check_whitespace_is_invalid,
+    WordlessEdges,
     error_of,
     read_wav,
     serving_tts,
@@ -151,28 +149,6 @@ async def test_a_recording_as_voice_on_a_model_that_does_not_clone(vits: Served,
     assert await vits.client.healthy()
 
 
-async def test_text_over_the_limit_is_invalid(vits: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(vits, roots / "over.wav", 20_000)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    vits: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(vits, roots, tmp_path)
-
-
-@pytest.mark.parametrize("text", ["", "  \n "])
-async def test_text_of_only_whitespace_is_invalid(vits: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(vits, roots / "w.wav", text)
-
-
-async def test_text_with_no_words_is_invalid_and_leaves_no_file(vits: Served, roots: Path) -> None:
-    err = await error_of(vits, roots / "p.wav", "?! ...")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "produced no speech" in (err.message or "")
-    assert not (roots / "p.wav").exists()
-
-
 async def test_another_model_name_is_not_found(vits: Served, roots: Path) -> None:
     err = await error_of(vits, roots / "x.wav", model="/models/xtts-v2")
     assert err.status == Status.NOT_FOUND
@@ -259,3 +235,9 @@ async def test_the_model_builder_is_deterministic(tmp_path: Path) -> None:
     first, second = build_vits(tmp_path / "a"), build_vits(tmp_path / "b")
     assert (first / "config.json").read_text() == (second / "config.json").read_text()
     assert json.loads((first / "config.json").read_text())["model"] == "vits"
+
+
+class TestEdges(WordlessEdges):
+    @pytest.fixture
+    def speaker(self, vits: Served) -> Served:
+        return vits

@@ -19,15 +19,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import MAX_CHARS
 from localfleet.testing import Served, serving
 from localfleet_kitten_tts.servicer import KittenTts
 from tests.kitten_tts.models import ALIASES, VOICES, build
 from tests.piper.speech_checks import (
     SENTENCES,
-    check_dst_outside_the_roots_or_in_a_missing_folder,
-    check_text_over_the_limit_is_invalid,
-    check_whitespace_is_invalid,
+    WordlessEdges,
     error_of,
     read_wav,
     serving_tts,
@@ -97,29 +94,6 @@ async def test_a_long_sentence_is_spoken_a_bounded_piece_at_a_time(kitten: Serve
     text = " ".join(["word"] * 120)  # 599 characters, no sentence end: three pieces of at most 200
     streamed = await stream(kitten, pb.TTSRequest(text=text))
     assert len(streamed.replies) == 3
-
-
-async def test_text_over_the_limit_is_invalid(kitten: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(kitten, roots / "over.wav", MAX_CHARS)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    kitten: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(kitten, roots, tmp_path)
-
-
-@pytest.mark.parametrize("text", ["", "  \n "])
-async def test_text_of_only_whitespace_is_invalid(kitten: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(kitten, roots / "w.wav", text)
-
-
-async def test_text_with_no_words_is_invalid_and_leaves_no_file(kitten: Served, roots: Path) -> None:
-    err = await error_of(kitten, roots / "p.wav", "?! ...")
-    assert err.status == Status.INVALID_ARGUMENT
-    assert "produced no speech" in (err.message or "")
-    assert not (roots / "p.wav").exists()
-    assert await kitten.client.healthy()
 
 
 async def test_unknown_voice_is_not_found_naming_the_voices(kitten: Served, roots: Path) -> None:
@@ -204,3 +178,9 @@ async def test_the_model_builder_is_deterministic(tmp_path: Path) -> None:
     for name in ("kitten_tts_fake.onnx", "voices.npz", "config.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert json.loads((first / "config.json").read_text())["type"] == "ONNX1"
+
+
+class TestEdges(WordlessEdges):
+    @pytest.fixture
+    def speaker(self, kitten: Served) -> Served:
+        return kitten

@@ -16,16 +16,14 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import MAX_CHARS, PIECE_CHARS
+from localfleet.speech import PIECE_CHARS
 from localfleet.testing import Served, serving
 from localfleet_kokoro.engine import split_sentences
 from localfleet_kokoro.servicer import BUNDLED, Kokoro
 from tests.piper.speech_checks import (
-    check_dst_outside_the_roots_or_in_a_missing_folder,
+    SpeechEdges,
     check_stream_round_trip,
-    check_text_over_the_limit_is_invalid,
     check_wav_round_trip,
-    check_whitespace_is_invalid,
     error_of,
     plausible_seconds,
     serving_tts,
@@ -77,16 +75,6 @@ async def test_sentences_are_split_into_bounded_pieces() -> None:
     assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)
 
 
-async def test_text_over_the_limit_is_invalid(kokoro: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(kokoro, roots / "over.wav", MAX_CHARS)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    kokoro: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(kokoro, roots, tmp_path)
-
-
 async def test_voice_and_language_are_honoured(kokoro: Served, roots: Path) -> None:
     result = await tts(kokoro, roots / "v.wav", voice="jm_kumo", language="en-gb")
     assert "voice jm_kumo, en-gb" in result.message
@@ -115,11 +103,6 @@ async def test_unknown_language_or_model_is_refused(kokoro: Served, roots: Path)
     assert (await tts(kokoro, roots / "x.wav", model=f"/models/{BUNDLED}")).success
 
 
-@pytest.mark.parametrize("text", ["", "  \n "])
-async def test_text_of_only_whitespace_is_invalid(kokoro: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(kokoro, roots / "w.wav", text)
-
-
 async def test_loadmodel_refuses_what_kokoro_cannot_serve(tmp_path: Path) -> None:
     piper_voice = tmp_path / "en_US-joe-medium.onnx"
     piper_voice.write_bytes(b"x")
@@ -139,3 +122,9 @@ async def test_loadmodel_refuses_what_kokoro_cannot_serve(tmp_path: Path) -> Non
             result = await served.client.backend.LoadModel(pb.ModelOptions(Model=model, Options=options))
             assert not result.success, model
             assert reason in result.message, result.message
+
+
+class TestEdges(SpeechEdges):
+    @pytest.fixture
+    def speaker(self, kokoro: Served) -> Served:
+        return kokoro

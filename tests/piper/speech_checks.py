@@ -25,6 +25,7 @@ from grpclib.exceptions import GRPCError
 
 from localfleet.backend import Backend
 from localfleet.proto import backend_pb2 as pb
+from localfleet.speech import MAX_CHARS
 from localfleet.testing import Served, serving
 from tests.wording import heard_as
 
@@ -277,3 +278,37 @@ async def check_text_over_the_limit_is_invalid(served: Served, dst: Path, limit:
         await stream(served, pb.TTSRequest(text=text))
     assert streamed.value.status == Status.INVALID_ARGUMENT
     assert await served.client.healthy()
+
+
+class SpeechEdges:
+    """Bad input every TTS backend refuses alike, for a test module's `Test...` subclass that provides
+    `speaker` (its backend served with a model loaded); `roots` is the path roots' fixture."""
+
+    #: the loaded model's max_chars
+    max_chars = MAX_CHARS
+
+    @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+    async def test_text_of_only_whitespace_is_invalid(self, speaker: Served, roots: Path, text: str) -> None:
+        await check_whitespace_is_invalid(speaker, roots / "w.wav", text)
+
+    async def test_dst_outside_the_roots_or_in_a_missing_folder(
+        self, speaker: Served, roots: Path, tmp_path: Path
+    ) -> None:
+        await check_dst_outside_the_roots_or_in_a_missing_folder(speaker, roots, tmp_path)
+
+    async def test_text_over_the_limit_is_invalid(self, speaker: Served, roots: Path) -> None:
+        await check_text_over_the_limit_is_invalid(speaker, roots / "over.wav", self.max_chars)
+
+
+class WordlessEdges(SpeechEdges):
+    """SpeechEdges, and text with no word to speak in it (punctuation only), which the engine turns into
+    no audio: refused rather than written as an empty WAV."""
+
+    async def test_text_with_no_words_is_invalid_and_leaves_no_file(
+        self, speaker: Served, roots: Path
+    ) -> None:
+        err = await error_of(speaker, roots / "p.wav", "?! ...")
+        assert err.status == Status.INVALID_ARGUMENT
+        assert "produced no speech" in (err.message or "")
+        assert not (roots / "p.wav").exists()
+        assert await speaker.client.healthy()

@@ -18,18 +18,16 @@ from grpclib.exceptions import GRPCError
 
 from localfleet.client import connect
 from localfleet.proto import backend_pb2 as pb
-from localfleet.speech import MAX_CHARS
 from localfleet.testing import Served, serving, spawn
 from localfleet_piper.servicer import Piper
 from localfleet_piper.voices import bundled
 from tests.piper.speech_checks import (
     SENTENCES,
     MiB,
-    check_dst_outside_the_roots_or_in_a_missing_folder,
+    SpeechEdges,
     check_stream_round_trip,
     check_text_over_the_limit_is_invalid,
     check_wav_round_trip,
-    check_whitespace_is_invalid,
     error_of,
     peak_rss,
     read_wav,
@@ -227,21 +225,6 @@ async def test_language_picks_a_voice_that_speaks_it(voices: Served, roots: Path
 
 
 # -- bad input -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
-async def test_text_of_only_whitespace_is_invalid(piper: Served, roots: Path, text: str) -> None:
-    await check_whitespace_is_invalid(piper, roots / "w.wav", text)
-
-
-async def test_dst_outside_the_roots_or_in_a_missing_folder(
-    piper: Served, roots: Path, tmp_path: Path
-) -> None:
-    await check_dst_outside_the_roots_or_in_a_missing_folder(piper, roots, tmp_path)
-
-
-async def test_text_over_the_limit_is_invalid(piper: Served, roots: Path) -> None:
-    await check_text_over_the_limit_is_invalid(piper, roots / "over.wav", MAX_CHARS)
-
-
 async def test_the_limit_is_the_option_max_chars(roots: Path) -> None:
     async with serving_tts(Piper(), roots, Model=VOICE, Options=["max_chars:40"]) as (served, _):
         await check_text_over_the_limit_is_invalid(served, roots / "over.wav", 40)
@@ -307,3 +290,9 @@ async def test_serve_with_the_bundled_voice_as_start_up_model(tmp_path: Path) ->
             result = await client.backend.TTS(pb.TTSRequest(text="Ready.", dst=str(tmp_path / "r.wav")))
     assert result.success, result.message
     assert read_wav(tmp_path / "r.wav").rate == RATE
+
+
+class TestEdges(SpeechEdges):
+    @pytest.fixture
+    def speaker(self, piper: Served) -> Served:
+        return piper
