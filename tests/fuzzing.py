@@ -139,6 +139,57 @@ def capped_tokens(most: int) -> Callable[[str, Message], None]:
     return tame
 
 
+def capped_text(tts: int, stream: int | None = None) -> Callable[[str, Message], None]:
+    """A `tame` for speech backends: TTS speaks all its text before it answers, so its text is cut to
+    `tts` characters; TTSStream is cancelled after a few chunks and keeps its text unless `stream`."""
+
+    def tame(rpc: str, request: Message) -> None:
+        if isinstance(request, pb.TTSRequest):
+            most = tts if rpc == "TTS" else stream
+            if most is not None:
+                request.text = request.text[:most]
+
+    return tame
+
+
+def speech_seeds(folder: Path, text: str = "Hello there.", **stream: Any) -> dict[str, Message]:
+    """A TTS backend's two seeds: a sentence to a WAV in `folder`, two sentences streamed (`stream`:
+    the voice or language fields a backend reads)."""
+    return {
+        "TTS": pb.TTSRequest(text=text, dst=str(folder / "hello.wav")),
+        "TTSStream": pb.TTSRequest(text=f"{text} How are you?", **stream),
+    }
+
+
+#: the stores seeds' key: every StoresSet the fuzzer sends keeps its dimension (`same_dimension`)
+STORE_KEY = [0.1, 0.2, 0.3, 0.4]
+
+
+def store_seeds() -> dict[str, Message]:
+    """A store backend's seeds, one a stores RPC, all on keys of STORE_KEY's dimension."""
+    key = pb.StoresKey(Floats=STORE_KEY)
+    return {
+        "StoresSet": pb.StoresSetOptions(Keys=[key], Values=[pb.StoresValue(Bytes=b"east")]),
+        "StoresGet": pb.StoresGetOptions(Keys=[key]),
+        "StoresDelete": pb.StoresDeleteOptions(Keys=[pb.StoresKey(Floats=STORE_KEY[::-1])]),
+        "StoresFind": pb.StoresFindOptions(Key=key, TopK=3),
+    }
+
+
+def same_dimension(rpc: str, request: Message) -> None:
+    """A `tame` for store backends: a StoresSet that would fix another dimension is given the seeds'. A
+    store keeps the dimension of its first keys until all are deleted, so one such set would have every
+    later request refused for it (mixed dimensions in one request stay: they are refused whole)."""
+    dim = len(STORE_KEY)
+    if not isinstance(request, pb.StoresSetOptions) or not request.Keys:
+        return
+    if len({len(key.Floats) for key in request.Keys}) == 1 and len(request.Keys[0].Floats) != dim:
+        for key in request.Keys:
+            floats = [*key.Floats[:dim], *[0.5] * dim][:dim]
+            del key.Floats[:]
+            key.Floats.extend(floats)
+
+
 def chat_seeds(tokens: int) -> tuple[pb.PredictOptions, pb.PredictOptions]:
     """An LLM's two seeds: a sampled prompt (with Messages a template would take) and a templated chat."""
     chat = pb.PredictOptions(

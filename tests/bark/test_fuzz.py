@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -24,19 +23,13 @@ TTS_CHARS = 120
 pytestmark = pytest.mark.timeout(600)
 
 
-def tame(rpc: str, request: Message) -> None:
-    if rpc == "TTS" and isinstance(request, pb.TTSRequest):
-        request.text = request.text[:TTS_CHARS]
-
-
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     fuzzing.workspace(folder)
     model = folder / "bark-model"  # LoadModel reads only inside the folder
     if not model.exists():
         shutil.copytree(cached(), model)
     seeds = {
-        "TTS": pb.TTSRequest(text="Hello there.", dst=str(folder / "hello.wav")),
-        "TTSStream": pb.TTSRequest(text="Hello there. How are you?", voice="announcer"),
+        **fuzzing.speech_seeds(folder, voice="announcer"),
         "SoundGeneration": pb.SoundGenerationRequest(
             text="[music] rain", dst=str(folder / "rain.wav"), duration=0.3, temperature=0.7
         ),
@@ -50,7 +43,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         per_rpc=per_rpc,
         counts={"LoadModel": per_rpc // 3},
         max_replies=2,
-        tame=tame,
+        tame=fuzzing.capped_text(TTS_CHARS),
         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
 

@@ -19,13 +19,14 @@ OPTIONS = ["semantic_tokens:16", "threads:1"]
 #: the work, not on what is valid
 TTS_CHARS = 400
 
+_capped = fuzzing.capped_text(TTS_CHARS)
+
 #: the whole run happens in the first check's setup
 pytestmark = pytest.mark.timeout(600)
 
 
 def tame(rpc: str, request: Message) -> None:
-    if rpc == "TTS" and isinstance(request, pb.TTSRequest):
-        request.text = request.text[:TTS_CHARS]
+    _capped(rpc, request)
     if rpc == "LoadModel" and isinstance(request, pb.ModelOptions):
         # The default 681 semantic tokens a sentence make each fuzzed TTS seconds long; one thread, as
         # in tests/bark_cpp/test_servicer.py (ggml's spinning workers on busy cores).
@@ -35,10 +36,7 @@ def tame(rpc: str, request: Message) -> None:
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     fuzzing.workspace(folder)
     model = build(folder / "bark-tiny.bin")  # LoadModel reads only inside the folder
-    seeds = {
-        "TTS": pb.TTSRequest(text="Hello there.", dst=str(folder / "hello.wav")),
-        "TTSStream": pb.TTSRequest(text="Hello there. How are you?", language="en"),
-    }
+    seeds = fuzzing.speech_seeds(folder, language="en")
     return fuzzing.Target(
         "bark-cpp",
         fuzzing.served(BarkCpp),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -22,18 +21,10 @@ TTS_CHARS = 400
 pytestmark = pytest.mark.timeout(600)
 
 
-def tame(rpc: str, request: Message) -> None:
-    if rpc == "TTS" and isinstance(request, pb.TTSRequest):
-        request.text = request.text[:TTS_CHARS]
-
-
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     fuzzing.workspace(folder)
     model = build(folder / "kitten-model")  # LoadModel reads only inside the folder
-    seeds = {
-        "TTS": pb.TTSRequest(text="Hello there.", dst=str(folder / "hello.wav")),
-        "TTSStream": pb.TTSRequest(text="Hello there. How are you?", voice="Bella"),
-    }
+    seeds = fuzzing.speech_seeds(folder, voice="Bella")
     return fuzzing.Target(
         "kitten-tts",
         fuzzing.served(KittenTts),
@@ -43,7 +34,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         per_rpc=per_rpc,
         counts={"LoadModel": per_rpc // 2},
         max_replies=2,
-        tame=tame,
+        tame=fuzzing.capped_text(TTS_CHARS),
     )
 
 

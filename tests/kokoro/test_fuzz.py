@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from localfleet.proto import backend_pb2 as pb
 from localfleet.settings import MiB
@@ -21,17 +20,9 @@ TEXT_CHARS = 40
 pytestmark = pytest.mark.timeout(600)
 
 
-def tame(rpc: str, request: Message) -> None:
-    if isinstance(request, pb.TTSRequest):
-        request.text = request.text[:TEXT_CHARS]
-
-
 def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
     fuzzing.workspace(folder)
-    seeds = {
-        "TTS": pb.TTSRequest(text="Hi.", dst=str(folder / "hello.wav")),
-        "TTSStream": pb.TTSRequest(text="Hi. Fine?"),
-    }
+    seeds = fuzzing.speech_seeds(folder, "Hi.")
     return fuzzing.Target(
         "kokoro",
         fuzzing.served(Kokoro),
@@ -41,7 +32,7 @@ def target(folder: Path, per_rpc: int = PER_RPC) -> fuzzing.Target:
         per_rpc=per_rpc,
         counts={"LoadModel": per_rpc // 2},
         max_replies=2,
-        tame=tame,
+        tame=fuzzing.capped_text(TEXT_CHARS, TEXT_CHARS),
     )
 
 

@@ -5,46 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
-from localfleet.client import Client, connect
+from localfleet.client import connect
 from localfleet.proto import backend_pb2 as pb
 from localfleet.testing import Served, serving, spawn
 from localfleet_local_store.engine import VectorStore
 from localfleet_local_store.servicer import LocalStore
+from tests.store_conformance import error, get, keys, load, put, values
 
 pytestmark = pytest.mark.asyncio
-
-
-def keys(*rows: Sequence[float]) -> list[pb.StoresKey]:
-    return [pb.StoresKey(Floats=list(r)) for r in rows]
-
-
-def values(*items: bytes) -> list[pb.StoresValue]:
-    return [pb.StoresValue(Bytes=v) for v in items]
-
-
-async def put(client: Client, rows: Sequence[Sequence[float]], vals: Sequence[bytes]) -> pb.Result:
-    result: pb.Result = await client.backend.StoresSet(
-        pb.StoresSetOptions(Keys=keys(*rows), Values=values(*vals))
-    )
-    return result
-
-
-async def get(client: Client, *rows: Sequence[float]) -> dict[tuple[float, ...], bytes]:
-    got = await client.backend.StoresGet(pb.StoresGetOptions(Keys=keys(*rows)))
-    return {tuple(k.Floats): v.Bytes for k, v in zip(got.Keys, got.Values, strict=True)}
-
-
-async def load(client: Client, name: str, *options: str) -> pb.Result:
-    result: pb.Result = await client.backend.LoadModel(pb.ModelOptions(Model=name, Options=list(options)))
-    return result
 
 
 @pytest.fixture
@@ -53,12 +28,6 @@ async def store() -> AsyncIterator[Served]:
         result = await load(served.client, "store://test")
         assert result.success, result.message
         yield served
-
-
-async def _error(call: object) -> GRPCError:
-    with pytest.raises(GRPCError) as err:
-        await call  # type: ignore[misc]
-    return err.value
 
 
 async def test_a_name_without_store_prefix_is_refused_at_once() -> None:
@@ -117,7 +86,7 @@ async def test_find_on_an_empty_store_returns_nothing(store: Served) -> None:
 @pytest.mark.parametrize("top_k", [0, -1, -(2**31)])
 async def test_top_k_below_one_is_invalid(store: Served, top_k: int) -> None:
     await put(store.client, [[1, 2]], [b"x"])
-    err = await _error(
+    err = await error(
         store.client.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2]), TopK=top_k))
     )
     assert err.status == Status.INVALID_ARGUMENT
@@ -136,11 +105,11 @@ async def test_a_huge_top_k_returns_the_whole_store_sorted(store: Served) -> Non
 async def test_wrong_dimension_names_both_and_changes_nothing(store: Served) -> None:
     c = store.client
     await put(c, [[1, 2, 3]], [b"x"])
-    err = await _error(put(c, [[1, 2]], [b"y"]))
+    err = await error(put(c, [[1, 2]], [b"y"]))
     assert err.status == Status.INVALID_ARGUMENT
     assert "2" in (err.message or "")
     assert "3" in (err.message or "")
-    err = await _error(
+    err = await error(
         c.backend.StoresFind(pb.StoresFindOptions(Key=pb.StoresKey(Floats=[1, 2, 3, 4]), TopK=1))
     )
     assert err.status == Status.INVALID_ARGUMENT
@@ -152,7 +121,7 @@ async def test_wrong_dimension_names_both_and_changes_nothing(store: Served) -> 
 async def test_a_rejected_batch_changes_nothing(store: Served) -> None:
     c = store.client
     await put(c, [[1, 0]], [b"old"])
-    err = await _error(put(c, [[1, 0], [0, 1], [1, 1, 1]], [b"new", b"b", b"c"]))
+    err = await error(put(c, [[1, 0], [0, 1], [1, 1, 1]], [b"new", b"b", b"c"]))
     assert err.status == Status.INVALID_ARGUMENT
     assert await get(c, [1, 0], [0, 1]) == {(1.0, 0.0): b"old"}
 
@@ -169,7 +138,7 @@ async def test_a_rejected_batch_changes_nothing(store: Served) -> None:
 async def test_malformed_sets_are_invalid_argument(
     store: Served, request_: pb.StoresSetOptions, expected: str
 ) -> None:
-    err = await _error(store.client.backend.StoresSet(request_))
+    err = await error(store.client.backend.StoresSet(request_))
     assert err.status == Status.INVALID_ARGUMENT
     assert expected in (err.message or "")
     assert await store.client.healthy()
@@ -180,7 +149,7 @@ async def test_empty_key_lists_are_invalid_argument(store: Served) -> None:
         store.client.backend.StoresGet(pb.StoresGetOptions()),
         store.client.backend.StoresDelete(pb.StoresDeleteOptions()),
     ):
-        err = await _error(call)
+        err = await error(call)
         assert err.status == Status.INVALID_ARGUMENT
 
 
@@ -217,7 +186,7 @@ async def test_free_never_drops_acknowledged_data_in_memory() -> None:
         freed = await c.backend.Free(pb.HealthMessage())
         assert freed.success
         assert "kept in memory" in freed.message
-        err = await _error(get(c, [3, 4]))
+        err = await error(get(c, [3, 4]))
         assert err.status == Status.FAILED_PRECONDITION
         await load(c, "store://keep")
         assert await get(c, [3, 4]) == {(3.0, 4.0): b"kept"}
