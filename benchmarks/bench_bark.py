@@ -26,13 +26,17 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localfleet.client import connect
-from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import spawn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.speech_timing, tests/
+
+from benchmarks.speech_timing import Timing, time_stream  # noqa: E402 (after the path above)
+from localfleet.client import connect  # noqa: E402
+from localfleet.proto import backend_pb2 as pb  # noqa: E402
+from localfleet.testing import spawn  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -43,13 +47,6 @@ SOUND = "[music] rain on a tin roof"
 SOUND_SECONDS = 0.5
 WARMUP = 1
 SEED = 7
-
-
-@dataclass
-class Timing:
-    first: float
-    total: float
-    audio_bytes: int
 
 
 class Bare:
@@ -94,19 +91,6 @@ class Bare:
         size = 2 * len(audio)
         took = time.perf_counter() - started
         return Timing(took, took, size)
-
-
-async def time_stream(addr: str) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    async with connect(addr) as client, client.backend.TTSStream.open() as stream:
-        await stream.send_message(pb.TTSRequest(text=" ".join(SENTENCES)), end=True)
-        async for reply in stream:
-            if reply.audio and not size:
-                first = time.perf_counter() - started
-            size += len(reply.audio)
-    return Timing(first, time.perf_counter() - started, size)
 
 
 async def time_sound(addr: str, dst: Path) -> Timing:
@@ -178,7 +162,7 @@ async def measure(
     bare_sounds: list[Timing] = []
     for run in range(WARMUP + runs):
         # Interleaved, so both see the same machine load.
-        streamed = await time_stream(addr)
+        streamed = await time_stream(addr, pb.TTSRequest(text=" ".join(SENTENCES)))
         here = bare.speech()
         made = await time_sound(addr, scratch / "sound.wav")
         here_sound = bare.sound()
@@ -205,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.model.resolve()
         voice = args.voice or "v2/en_speaker_6"  # the backend's default when the model has it
     else:
-        sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))  # the checkout, for tests/
         from tests.bark.models import cached
 
         folder, voice = cached(), args.voice or "v2/en_speaker_0"

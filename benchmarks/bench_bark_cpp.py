@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localfleet.client import connect
-from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import spawn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.speech_timing, tests/
+
+from benchmarks.speech_timing import Timing, time_stream  # noqa: E402 (after the path above)
+from localfleet.client import connect  # noqa: E402
+from localfleet.proto import backend_pb2 as pb  # noqa: E402
+from localfleet.testing import spawn  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -38,13 +41,6 @@ SENTENCES = [
 ]
 WARMUP = 1
 RATE = 24000
-
-
-@dataclass
-class Timing:
-    first: float
-    total: float
-    audio_bytes: int
 
 
 def time_bare(bark: Any, threads: int) -> Timing:
@@ -58,19 +54,6 @@ def time_bare(bark: Any, threads: int) -> Timing:
             first = time.perf_counter() - started
         samples += len(audio)
     return Timing(first, time.perf_counter() - started, 2 * samples)
-
-
-async def time_stream(addr: str) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    async with connect(addr) as client, client.backend.TTSStream.open() as stream:
-        await stream.send_message(pb.TTSRequest(text=" ".join(SENTENCES)), end=True)
-        async for reply in stream:
-            if reply.audio and not size:
-                first = time.perf_counter() - started
-            size += len(reply.audio)
-    return Timing(first, time.perf_counter() - started, size)
 
 
 async def load(addr: str, model: Path, tokens: int, threads: int) -> None:
@@ -113,7 +96,7 @@ async def bench(model: Path, runs: int, tokens: int, threads: int) -> None:
             grpc: list[Timing] = []
             bare: list[Timing] = []
             for run in range(WARMUP + runs):
-                streamed = await time_stream(process.addr)
+                streamed = await time_stream(process.addr, pb.TTSRequest(text=" ".join(SENTENCES)))
                 here = time_bare(bark, threads)
                 if run >= WARMUP:
                     grpc.append(streamed)
@@ -135,7 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.model is not None:
         asyncio.run(bench(args.model.resolve(), args.runs, args.tokens, args.threads))
         return
-    sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))  # the checkout, for tests/
     from tests.bark_cpp.models import build
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -19,32 +19,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localfleet.client import connect
-from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import spawn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.speech_timing, tests/
+
+from benchmarks.speech_timing import Timing, time_chunks, time_stream  # noqa: E402 (after the path above)
+from localfleet.client import connect  # noqa: E402
+from localfleet.proto import backend_pb2 as pb  # noqa: E402
+from localfleet.testing import spawn  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. Every sentence is sent as soon as it is ready."
 SENTENCES = 2
 WARMUP = 1
 SEED = 7
 RATE = 24000
-
-
-@dataclass
-class Timing:
-    first: float
-    total: float
-    audio_bytes: int
 
 
 def options(tokens: int, flow_steps: int) -> list[str]:
@@ -61,30 +56,6 @@ def bare(folder: Path, tokens: int, flow_steps: int, threads: int) -> Callable[[
     assert voice is not None, f"{folder} has no conds.pt"
     settings = engine.Settings(max_speech_tokens=tokens, flow_steps=flow_steps, seed=SEED)
     return lambda text: model.pcm(text, voice, settings)
-
-
-def time_bare(synthesize: Callable[[str], Iterator[bytes]]) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    for chunk in synthesize(TEXT):
-        if not size:
-            first = time.perf_counter() - started
-        size += len(chunk)
-    return Timing(first, time.perf_counter() - started, size)
-
-
-async def time_stream(addr: str) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    async with connect(addr) as client, client.backend.TTSStream.open() as stream:
-        await stream.send_message(pb.TTSRequest(text=TEXT), end=True)
-        async for reply in stream:
-            if reply.audio and not size:
-                first = time.perf_counter() - started
-            size += len(reply.audio)
-    return Timing(first, time.perf_counter() - started, size)
 
 
 async def load(addr: str, folder: Path, extra: list[str], threads: int) -> None:
@@ -118,8 +89,9 @@ async def bench(folder: Path, runs: int, tokens: int, flow_steps: int, threads: 
         grpc: list[Timing] = []
         local: list[Timing] = []
         for run in range(WARMUP + runs):
-            streamed = await time_stream(process.addr)  # alternating: both see the same machine load
-            here = time_bare(synthesize)
+            # Alternating: both sides see the same machine load.
+            streamed = await time_stream(process.addr, pb.TTSRequest(text=TEXT))
+            here = time_chunks(synthesize(TEXT))
             if run >= WARMUP:
                 grpc.append(streamed)
                 local.append(here)
@@ -144,7 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.model.resolve()
         tokens = args.tokens or 1000
     else:
-        sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))  # the checkout, for tests/
         from tests.chatterbox.models import build
 
         folder, tokens = build(), args.tokens or 4

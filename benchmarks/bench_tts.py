@@ -15,14 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from localfleet.client import connect
-from localfleet.proto import backend_pb2 as pb
-from localfleet.testing import spawn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.speech_timing, tests/
+
+from benchmarks.speech_timing import Timing, summary, time_chunks, time_stream  # noqa: E402 (after the path above)
+from localfleet.client import connect  # noqa: E402
+from localfleet.proto import backend_pb2 as pb  # noqa: E402
+from localfleet.testing import spawn  # noqa: E402
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
@@ -31,13 +37,6 @@ TEXT = (
 )
 WARMUP = 2
 SETTLE = 0.5  # seconds between measurements
-
-
-@dataclass
-class Timing:
-    first: float
-    total: float
-    audio_bytes: int
 
 
 @dataclass(frozen=True)
@@ -71,41 +70,11 @@ SUBJECTS = {
 }
 
 
-def time_bare(synthesize: Callable[[str], Iterator[bytes]]) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    for chunk in synthesize(TEXT):
-        if not size:
-            first = time.perf_counter() - started
-        size += len(chunk)
-    return Timing(first, time.perf_counter() - started, size)
-
-
-async def time_stream(addr: str) -> Timing:
-    started = time.perf_counter()
-    first = 0.0
-    size = 0
-    async with connect(addr) as client, client.backend.TTSStream.open() as stream:
-        await stream.send_message(pb.TTSRequest(text=TEXT), end=True)
-        async for reply in stream:
-            if reply.audio and not size:
-                first = time.perf_counter() - started
-            size += len(reply.audio)
-    return Timing(first, time.perf_counter() - started, size)
-
-
 async def wait_loaded(addr: str, model: str) -> None:
     async with connect(addr) as client:
         result = await client.backend.LoadModel(pb.ModelOptions(Model=model), timeout=300)
         if not result.success:
             raise SystemExit(f"LoadModel {model} failed: {result.message}")
-
-
-def summary(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(samples) * 1000:7.1f} ms  p90 {p90 * 1000:7.1f} ms"
 
 
 def report(subject: Subject, grpc: list[Timing], bare: list[Timing]) -> None:
@@ -135,9 +104,9 @@ async def bench(subject: Subject, runs: int) -> None:
             # Interleaved, so both see the same machine load; a pause before each lets the other
             # side's ONNX Runtime threads stop spinning first.
             await asyncio.sleep(SETTLE)
-            streamed = await time_stream(process.addr)
+            streamed = await time_stream(process.addr, pb.TTSRequest(text=TEXT))
             await asyncio.sleep(SETTLE)
-            local = time_bare(synthesize)
+            local = time_chunks(synthesize(TEXT))
             if run >= WARMUP:
                 grpc.append(streamed)
                 bare.append(local)
